@@ -1,0 +1,214 @@
+//! Configuration: the TOML file (SPEC §4) read into a raw serde view, then validated once into
+//! the typed [`Config`] the rest of the gateway uses. Every error names the file, the key and the
+//! problem, so `check` and `serve` can refuse a bad file with one clear line.
+//!
+//! Secrets (the upstream key, the admin token) are read from the environment or a file into
+//! newtypes whose `Debug` prints `[redacted]` and whose memory is zeroed on drop.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Uri};
+
+/// The whole validated configuration. Immutable; swapped whole on reload.
+#[derive(Debug)]
+pub struct Config {
+    /// The file this was read from, for messages.
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub upstream: UpstreamConfig,
+    pub rate_limit: RateLimitConfig,
+    pub ledger: LedgerConfig,
+    pub credits: CreditsConfig,
+    /// Present only in the quickstart: `serve` also runs the sandbox upstream in-process.
+    pub sandbox: Option<SandboxConfig>,
+    pub clients: ClientRegistry,
+}
+
+#[derive(Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsSettings>,
+    /// Absolute `http(s)://host[:port]` without a trailing slash.
+    pub public_url: String,
+    pub max_body_bytes: u64,
+    pub request_timeout: Duration,
+    pub max_concurrent_requests: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// TLS termination on the client listener; the PEM files were loaded and checked at validation.
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Ready to use, ALPN `h2` then `http/1.1`.
+    pub server_config: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// When set, `/metrics` and `/usage` need `Authorization: Bearer <token>`.
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug)]
+pub struct UpstreamConfig {
+    /// Scheme and authority, plus an optional path prefix without a trailing slash.
+    pub base_url: Uri,
+    pub api_key: Secret,
+    /// Where the key came from (`env ONLYFANSAPI_API_KEY` / `file /run/...`), for summaries.
+    pub api_key_source: String,
+    /// Extra trust roots on top of the built-in web PKI roots.
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct RateLimitConfig {
+    pub requests_per_minute: NonZeroU32,
+    /// In (0, 1].
+    pub headroom: f64,
+    pub max_wait: Duration,
+}
+
+#[derive(Debug)]
+pub struct LedgerConfig {
+    pub path: PathBuf,
+    pub retention: Duration,
+}
+
+#[derive(Debug)]
+pub struct CreditsConfig {
+    pub low_balance_warning: u64,
+}
+
+/// `[sandbox]`: run the stand-in upstream inside `serve` (quickstart only).
+#[derive(Debug)]
+pub struct SandboxConfig {
+    pub listen: SocketAddr,
+    /// A demo client key whose hash is one of the clients'; printed in a ready-to-paste curl.
+    pub demo_client_key: Option<String>,
+}
+
+/// A secret string: never printed by `Debug`, zeroed on drop.
+pub struct Secret(zeroize::Zeroizing<String>);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(zeroize::Zeroizing::new(value))
+    }
+    /// The secret itself; call only where it must go on the wire.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// SHA-256 of a client key: the only form in which client keys are stored.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyHash(pub [u8; 32]);
+
+impl KeyHash {
+    pub fn of_key(key: &str) -> Self {
+        use sha2::Digest;
+        Self(sha2::Sha256::digest(key.as_bytes()).into())
+    }
+}
+
+impl std::fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyHash({})", hex::encode(self.0))
+    }
+}
+
+/// A client's name, `[a-z0-9_-]{1,64}`: the label on its logs, metrics and ledger rows.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub Arc<str>);
+
+impl ClientId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BudgetPeriod {
+    Day,
+    Month,
+}
+
+#[derive(Debug)]
+pub struct Client {
+    pub id: ClientId,
+    pub key_hashes: Vec<KeyHash>,
+    pub disabled: bool,
+    pub requests_per_minute: Option<NonZeroU32>,
+    pub credit_budget: Option<u64>,
+    pub budget_period: BudgetPeriod,
+    /// `None`: all of `/api/`.
+    pub allow: Option<Vec<RoutePattern>>,
+    /// `None`: every account.
+    pub accounts: Option<Vec<String>>,
+}
+
+/// The clients, indexed by key hash for the authentication lookup.
+#[derive(Debug, Default)]
+pub struct ClientRegistry {
+    pub clients: Vec<Arc<Client>>,
+    by_hash: HashMap<KeyHash, Arc<Client>>,
+}
+
+impl ClientRegistry {
+    pub fn new(clients: Vec<Arc<Client>>) -> Self {
+        let by_hash = clients
+            .iter()
+            .flat_map(|c| c.key_hashes.iter().map(move |h| (*h, Arc::clone(c))))
+            .collect();
+        Self { clients, by_hash }
+    }
+    pub fn lookup(&self, hash: &KeyHash) -> Option<&Arc<Client>> {
+        self.by_hash.get(hash)
+    }
+}
+
+/// One `allow` entry: `"PUT /api/fansly/*/tracking-links/*"`, `"GET /api/fansly/**"`, or a
+/// path alone for any method. `*` is one segment, `**` any number (zero included).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutePattern {
+    pub method: Option<Method>,
+    pub segments: Vec<PatternSegment>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PatternSegment {
+    Literal(String),
+    AnyOne,
+    AnyMany,
+}

@@ -1,0 +1,3 @@
+//! ofapi-gateway (skeleton)
+pub mod config;
+pub mod sandbox;
