@@ -1,3 +1,32 @@
-//! ofapi-gateway (skeleton)
+//! # ofapi-gateway
+//!
+//! A self-hosted, authenticating reverse proxy in front of OnlyFansAPI: one shared upstream key
+//! behind revocable per-client gateway keys, one limiter that keeps the key under the upstream's
+//! rate limit, and a record of every call's credits.
+//!
+//! A request goes through one Tower stack (see [`stack`]), one layer per concern, from the
+//! client listener to the pooled upstream client.
+//!
+//! ## Layout
+//! - [`cli`]: the command line and each subcommand's glue.
+//! - [`config`]: the TOML file, validated once into a typed `Config`; secrets as newtypes.
+//! - [`server`]: listeners, TLS, the accept loop, graceful shutdown, reload.
+//! - [`stack`]: the order of the layers, and why.
+//! - [`layers`]: one concern per file (request id, rescue, route, authenticate, authorize, body
+//!   limit, validate, upstream auth).
+//! - [`upstream`]: the pooled HTTPS client and the header hygiene of a proxy.
+//! - [`admin`]: the admin listener (`/healthz`, `/readyz`).
+//! - [`sandbox`]: a faithful local stand-in for the upstream.
+//! - [`error`]: gateway errors and their SPEC §5 status, code and JSON body.
+//! - [`body`]: the one body type and error alias of the stack.
+
+pub mod admin;
+pub mod body;
+pub mod cli;
 pub mod config;
+pub mod error;
+pub mod layers;
 pub mod sandbox;
+pub mod server;
+pub mod stack;
+pub mod upstream;

@@ -1,0 +1,266 @@
+//! The command line (SPEC §3) and the small glue of each subcommand. Output meant for people
+//! (`check`'s summary, `keygen`'s key) goes to stdout; errors go to stderr as one line.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use base64::Engine;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::body::BoxError;
+use crate::config::{self, Config, KeyHash};
+use crate::sandbox::{self, SandboxOptions};
+use crate::server::Gateway;
+
+/// An authenticating, rate-limiting, credit-metering reverse proxy for OnlyFansAPI.
+#[derive(Debug, Parser)]
+#[command(name = "ofapi-gateway", version, about, long_about = None)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "OFAPI_GATEWAY_CONFIG",
+        default_value = "config/gateway.toml"
+    )]
+    pub config: PathBuf,
+
+    /// Log format: JSON lines for machines, or pretty for people; auto picks pretty on a terminal.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway until SIGTERM or SIGINT (graceful drain); SIGHUP reloads clients and limits.
+    Serve,
+    /// Validate the configuration and the secrets it names, and print a summary.
+    Check,
+    /// Print a new random client key once, and the [[clients]] block (holding only its SHA-256).
+    Keygen {
+        /// The client's name, [a-z0-9_-]{1,64}.
+        #[arg(long)]
+        name: String,
+    },
+    /// Run a local stand-in for the upstream (Fansly tracking links), for trying and testing.
+    Sandbox {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: SocketAddr,
+        /// The upstream key it accepts.
+        #[arg(
+            long,
+            env = "SANDBOX_API_KEY",
+            default_value = "sandbox-key",
+            hide_env_values = true
+        )]
+        api_key: String,
+        /// Its per-minute request limit; past it, 429 until the minute turns.
+        #[arg(long, default_value_t = 1000)]
+        requests_per_minute: u32,
+        /// The credit balance it starts with.
+        #[arg(long, default_value_t = 10_000_000)]
+        balance: u64,
+    },
+}
+
+impl Cli {
+    /// Runs the command; the exit code is 0 on success, 1 on any error (printed as one line).
+    pub fn run(self) -> ExitCode {
+        let result = match self.command {
+            Command::Check => check(&self.config),
+            Command::Keygen { ref name } => keygen(name),
+            Command::Serve => {
+                init_tracing(self.log_format);
+                runtime().and_then(|rt| rt.block_on(serve(&self.config)))
+            }
+            Command::Sandbox {
+                listen,
+                ref api_key,
+                requests_per_minute,
+                balance,
+            } => {
+                init_tracing(self.log_format);
+                let options = SandboxOptions {
+                    api_key: api_key.clone(),
+                    requests_per_minute,
+                    starting_balance: balance,
+                };
+                runtime().and_then(|rt| rt.block_on(run_sandbox(listen, options)))
+            }
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, BoxError> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Logs go to stdout: JSON lines unless stdout is a terminal (or `--log-format` says otherwise).
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+#[allow(clippy::print_stdout)]
+fn check(path: &Path) -> Result<(), BoxError> {
+    let config = config::load(path)?;
+    println!("{}", config.summary());
+    println!("OK: {} is valid.", path.display());
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn keygen(name: &str) -> Result<(), BoxError> {
+    let valid = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if !valid {
+        return Err(format!("--name: {name:?} must match [a-z0-9_-]{{1,64}}").into());
+    }
+    let mut random = [0u8; 32];
+    getrandom::fill(&mut random).map_err(|e| format!("no OS randomness: {e}"))?;
+    let key = format!(
+        "ofgw_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random)
+    );
+    let hash = hex::encode(KeyHash::of_key(&key).0);
+    println!("# The key for client {name:?}, shown only this once. Give it to the client:");
+    println!("{key}");
+    println!();
+    println!("# Paste into the gateway config (it holds only the key's SHA-256):");
+    println!("[[clients]]");
+    println!("name = \"{name}\"");
+    println!("key_sha256 = \"{hash}\"");
+    Ok(())
+}
+
+async fn serve(path: &Path) -> Result<(), BoxError> {
+    let config = config::load(path)?;
+    let demo = demo_curl(&config);
+    let gateway = Gateway::start(config).await?;
+    tracing::info!(
+        client = %gateway.client_addr,
+        admin = %gateway.admin_addr,
+        sandbox = gateway.sandbox_addr.map(|a| a.to_string()),
+        "ofapi-gateway ready"
+    );
+    if let Some(demo) = demo {
+        eprintln!("\n{}\n", demo(gateway.client_addr));
+    }
+
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = hangup.recv() => reload(&gateway, path),
+        }
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+    gateway.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGHUP: the new file takes effect only if it is valid as a whole.
+fn reload(gateway: &Gateway, path: &Path) {
+    match config::load(path) {
+        Ok(new) => {
+            let clients = new.clients.clients.len();
+            let needs_restart = gateway.reload(new);
+            tracing::info!(clients, "configuration reloaded");
+            if !needs_restart.is_empty() {
+                tracing::warn!(
+                    keys = needs_restart.join(", "),
+                    "these settings changed but take effect only after a restart"
+                );
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "reload refused; the current configuration stays in force");
+        }
+    }
+}
+
+/// In the quickstart: a ready-to-paste curl that updates a tracking link through the gateway.
+fn demo_curl(config: &Config) -> Option<impl Fn(SocketAddr) -> String> {
+    let key = config.sandbox.as_ref()?.demo_client_key.clone()?;
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    Some(move |addr: SocketAddr| {
+        format!(
+            "Try it (a demo client key, in front of the in-process sandbox upstream):\n\n\
+             curl -sS -X PUT {scheme}://{addr}/api/fansly/fansly_acct_demo/tracking-links/100000000000000003 \\\n  \
+             -H 'Authorization: Bearer {key}' \\\n  \
+             -H 'Content-Type: application/json' \\\n  \
+             -d '{{\"label\": \"Twitter bio (updated)\", \"description\": \"Updated description.\"}}'"
+        )
+    })
+}
+
+async fn run_sandbox(listen: SocketAddr, options: SandboxOptions) -> Result<(), BoxError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("--listen: cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(listen = %addr, limit_minute = options.requests_per_minute, "sandbox upstream ready");
+    let shutdown = async {
+        let (Ok(mut terminate), Ok(mut interrupt)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    };
+    sandbox::serve(listener, options, shutdown).await?;
+    Ok(())
+}

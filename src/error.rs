@@ -1,0 +1,193 @@
+//! Gateway errors: each kind maps to one row of the SPEC §5 table (status, machine code, a human
+//! sentence). The rescue layer is the only place one becomes an HTTP response.
+
+use std::time::Duration;
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::{full, Body, BoxError};
+
+/// Why the gateway answered instead of the upstream.
+#[derive(Debug)]
+pub enum GatewayError {
+    /// 400: malformed path, invalid JSON.
+    BadRequest(String),
+    /// 401: no, malformed, unknown or disabled gateway key.
+    Unauthenticated(&'static str),
+    /// 402: the client's credit budget for the period is spent.
+    BudgetExceeded(String),
+    /// 403: route or account outside the client's scopes.
+    Forbidden(String),
+    /// 404: not a gateway path.
+    NotFound,
+    /// 405: a method the gateway does not forward.
+    MethodNotAllowed,
+    /// 413: body over `max_body_bytes`.
+    PayloadTooLarge { limit: u64 },
+    /// 415: validated route without a JSON body.
+    UnsupportedMediaType,
+    /// 422: validated route, bad fields; `(field, messages)` in a stable order.
+    ValidationFailed(Vec<(String, Vec<String>)>),
+    /// 429: client limit or upstream budget; the client may retry after this long.
+    RateLimited { retry_after: Duration },
+    /// 502: connect failure, broken upstream response.
+    UpstreamUnavailable(String),
+    /// 503: concurrency limit, or shutting down.
+    Overloaded,
+    /// 504: the upstream did not answer in time.
+    UpstreamTimeout,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::BudgetExceeded(_) => StatusCode::PAYMENT_REQUIRED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::ValidationFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The machine-readable code of SPEC §5.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::BudgetExceeded(_) => "budget_exceeded",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::ValidationFailed(_) => "validation_failed",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::UpstreamUnavailable(_) => "upstream_unavailable",
+            Self::Overloaded => "overloaded",
+            Self::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Self::BadRequest(why) => format!("Bad request: {why}."),
+            Self::Unauthenticated(why) => format!("Unauthenticated: {why}."),
+            Self::BudgetExceeded(why) => format!("Credit budget exceeded: {why}."),
+            Self::Forbidden(why) => format!("Forbidden: {why}."),
+            Self::NotFound => "Not found: this is not a gateway path.".into(),
+            Self::MethodNotAllowed => {
+                "Method not allowed: use GET, POST, PUT, PATCH or DELETE.".into()
+            }
+            Self::PayloadTooLarge { limit } => {
+                format!("Payload too large: request bodies are limited to {limit} bytes.")
+            }
+            Self::UnsupportedMediaType => {
+                "Unsupported media type: this route takes a JSON body (Content-Type: application/json).".into()
+            }
+            Self::ValidationFailed(_) => "The given data was invalid.".into(),
+            Self::RateLimited { retry_after } => format!(
+                "Too many requests: retry after {} ms.",
+                retry_after.as_millis()
+            ),
+            Self::UpstreamUnavailable(why) => format!("Upstream unavailable: {why}."),
+            Self::Overloaded => "Overloaded: the gateway is at capacity or shutting down; retry shortly.".into(),
+            Self::UpstreamTimeout => "Upstream timeout: the upstream did not answer in time.".into(),
+        }
+    }
+
+    /// The JSON response: `{"error", "code", "request_id"[, "errors"]}`.
+    pub fn into_response(self, request_id: &str) -> Response<Body> {
+        let mut body = serde_json::json!({
+            "error": self.message(),
+            "code": self.code(),
+            "request_id": request_id,
+        });
+        if let Self::ValidationFailed(fields) = &self {
+            let errors: serde_json::Map<String, serde_json::Value> = fields
+                .iter()
+                .map(|(field, msgs)| (field.clone(), serde_json::json!(msgs)))
+                .collect();
+            body["errors"] = serde_json::Value::Object(errors);
+        }
+        let mut response = Response::new(full(body.to_string()));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        match &self {
+            Self::RateLimited { retry_after } => {
+                let ms = retry_after.as_millis().max(1);
+                let secs = ms.div_ceil(1000).max(1);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
+                headers.insert("retry-after-ms", HeaderValue::from(ms as u64));
+            }
+            Self::MethodNotAllowed => {
+                headers.insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE"),
+                );
+            }
+            Self::Unauthenticated(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"ofapi-gateway\""),
+                );
+            }
+            _ => {}
+        }
+        response
+    }
+
+    /// Finds the gateway's meaning of an error that travelled down the stack: a `GatewayError`
+    /// itself, a tower timeout or load-shed, a body over its limit, or anything else (502).
+    pub fn from_box(error: BoxError) -> Self {
+        let error = match error.downcast::<GatewayError>() {
+            Ok(own) => return *own,
+            Err(other) => other,
+        };
+        if error.is::<tower::timeout::error::Elapsed>() {
+            return Self::UpstreamTimeout;
+        }
+        if error.is::<tower::load_shed::error::Overloaded>() {
+            return Self::Overloaded;
+        }
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+        while let Some(err) = source {
+            if let Some(limited) = err.downcast_ref::<crate::layers::body_limit::BodyTooLarge>() {
+                return Self::PayloadTooLarge { limit: limited.0 };
+            }
+            if let Some(own) = err.downcast_ref::<GatewayError>() {
+                return own.clone_kind();
+            }
+            source = err.source();
+        }
+        Self::UpstreamUnavailable("the upstream connection failed".into())
+    }
+
+    fn clone_kind(&self) -> Self {
+        match self {
+            Self::PayloadTooLarge { limit } => Self::PayloadTooLarge { limit: *limit },
+            Self::UpstreamTimeout => Self::UpstreamTimeout,
+            Self::Overloaded => Self::Overloaded,
+            other => Self::UpstreamUnavailable(other.message()),
+        }
+    }
+}
+
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message(), self.code())
+    }
+}
+
+impl std::error::Error for GatewayError {}

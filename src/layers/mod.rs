@@ -1,0 +1,24 @@
+//! The Tower layers of the client stack, one concern per file. `stack.rs` puts them in order and
+//! says why each sits where it does.
+
+pub mod authenticate;
+pub mod authorize;
+pub mod body_limit;
+pub mod request_id;
+pub mod rescue;
+pub mod route;
+pub mod upstream_auth;
+pub mod validate;
+
+use crate::body::{Body, BoxError};
+use crate::error::GatewayError;
+use futures_util::future::{ready, Either, Ready};
+use http::Response;
+
+/// The future of a layer that either answers early with an error or calls its inner service.
+pub type EarlyOr<F> = Either<Ready<Result<Response<Body>, BoxError>>, F>;
+
+/// Answers early with `error`, which the rescue turns into a response.
+pub fn reject<F>(error: GatewayError) -> EarlyOr<F> {
+    Either::Left(ready(Err(error.into())))
+}

@@ -1,0 +1,305 @@
+//! Routing: the path-safety check (400, never forwarded), `/healthz`, 404 outside `/api/`, the
+//! method check (405), and the route's template and account for the layers below (scopes,
+//! validation, metrics labels, logs).
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::{ready, Either};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use tower::{Layer, Service};
+
+use super::{reject, EarlyOr};
+use crate::body::{full, Body, BoxError};
+use crate::error::GatewayError;
+
+/// What the route layer learned about a request; in its extensions from here on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteInfo {
+    /// `PUT /api/fansly/{account}/tracking-links/{id}`: accounts and ids replaced, so it can
+    /// label metrics and ledger rows without growing with every id.
+    pub template: Arc<str>,
+    /// The account the path names (percent-decoded), if any.
+    pub account: Option<String>,
+    pub kind: RouteKind,
+}
+
+/// Routes the gateway knows more about than "forward it".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteKind {
+    /// `PUT /api/fansly/{account}/tracking-links/{id}`: body validated before forwarding.
+    UpdateTrackingLink,
+    Other,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RouteLayer;
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = Route<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Route { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Route<S> {
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for Route<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = EarlyOr<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let path = req.uri().path();
+        if let Err(why) = check_path(path) {
+            return reject(GatewayError::BadRequest(format!("malformed path: {why}")));
+        }
+        if path == "/healthz" {
+            return match *req.method() {
+                Method::GET | Method::HEAD => Either::Left(ready(Ok(healthz()))),
+                _ => reject(GatewayError::MethodNotAllowed),
+            };
+        }
+        if !path.starts_with("/api/") {
+            return reject(GatewayError::NotFound);
+        }
+        if !is_forwarded_method(req.method()) {
+            return reject(GatewayError::MethodNotAllowed);
+        }
+        let info = classify(req.method(), path);
+        req.extensions_mut().insert(info);
+        Either::Right(self.inner.call(req))
+    }
+}
+
+fn healthz() -> Response<Body> {
+    let mut response = Response::new(full(r#"{"status":"ok"}"#));
+    *response.status_mut() = StatusCode::OK;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+pub fn is_forwarded_method(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
+}
+
+/// Refuses paths that could mean something else to the upstream than to the gateway's scope
+/// checks: dot segments (also percent-encoded), encoded slashes or backslashes, backslashes,
+/// empty segments, control characters, broken percent-encoding.
+pub fn check_path(path: &str) -> Result<(), &'static str> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err("the path must start with /");
+    };
+    if rest.is_empty() {
+        return Ok(());
+    }
+    for segment in rest.split('/') {
+        if segment.is_empty() {
+            return Err("empty path segment");
+        }
+        let mut dots_only = true;
+        let bytes = segment.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let byte = match bytes[i] {
+                b'%' => {
+                    let (Some(hi), Some(lo)) = (
+                        bytes.get(i + 1).and_then(|b| hex_value(*b)),
+                        bytes.get(i + 2).and_then(|b| hex_value(*b)),
+                    ) else {
+                        return Err("invalid percent-encoding");
+                    };
+                    i += 3;
+                    let decoded = hi << 4 | lo;
+                    if decoded == b'/' || decoded == b'\\' {
+                        return Err("encoded slash");
+                    }
+                    decoded
+                }
+                other => {
+                    i += 1;
+                    other
+                }
+            };
+            if byte == b'\\' {
+                return Err("backslash");
+            }
+            if byte < 0x20 || byte == 0x7f {
+                return Err("control character");
+            }
+            dots_only &= byte == b'.';
+        }
+        if dots_only {
+            return Err("dot segment");
+        }
+    }
+    Ok(())
+}
+
+fn hex_value(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Percent-decodes a segment that [`check_path`] accepted.
+fn decode_segment(segment: &str) -> String {
+    if !segment.contains('%') {
+        return segment.to_owned();
+    }
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(hi), Some(lo)) => match (hex_value(*hi), hex_value(*lo)) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi << 4 | lo);
+                    i += 3;
+                }
+                _ => {
+                    out.push(b'%');
+                    i += 1;
+                }
+            },
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The route template and account of a safe `/api/...` path.
+///
+/// Fansly paths name their account third (`/api/fansly/{account}/...`), OnlyFans paths second
+/// when it looks like an account id (`/api/acct_.../...`). Any other segment holding a digit is an
+/// id. Team paths (`/api/whoami`) keep their words.
+pub fn classify(method: &Method, path: &str) -> RouteInfo {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let account_at = match segments.as_slice() {
+        ["api", "fansly", _, ..] => Some(2),
+        ["api", second, ..] if second.starts_with("acct_") => Some(1),
+        _ => None,
+    };
+    let mut template = String::with_capacity(method.as_str().len() + path.len() + 8);
+    template.push_str(method.as_str());
+    template.push(' ');
+    for (i, segment) in segments.iter().enumerate() {
+        template.push('/');
+        if Some(i) == account_at {
+            template.push_str("{account}");
+        } else if segment.bytes().any(|b| b.is_ascii_digit()) {
+            template.push_str("{id}");
+        } else {
+            template.push_str(segment);
+        }
+    }
+    let kind = if *method == Method::PUT
+        && matches!(
+            segments.as_slice(),
+            ["api", "fansly", _, "tracking-links", _]
+        ) {
+        RouteKind::UpdateTrackingLink
+    } else {
+        RouteKind::Other
+    };
+    RouteInfo {
+        template: template.into(),
+        account: account_at.map(|i| decode_segment(segments[i])),
+        kind,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_paths_are_refused() {
+        for path in [
+            "/api/../admin",
+            "/api/./x",
+            "/api/%2e%2e/x",
+            "/api/%2E./x",
+            "/api/.%2e",
+            "/api/a%2fb",
+            "/api/a%2Fb",
+            "/api/a%5cb",
+            "/api/a\\b",
+            "/api//x",
+            "/api/x/",
+            "/api/a%00b",
+            "/api/a%0ab",
+            "/api/a%zz",
+            "/api/a%2",
+            "api/x",
+        ] {
+            assert!(check_path(path).is_err(), "{path} should be refused");
+        }
+    }
+
+    #[test]
+    fn ordinary_paths_pass() {
+        for path in [
+            "/",
+            "/healthz",
+            "/api/whoami",
+            "/api/fansly/fansly_acct_1/tracking-links/845759434926862336",
+            "/api/fansly/acct%20x/tracking-links",
+            "/api/a.b/c..d",
+        ] {
+            assert_eq!(check_path(path), Ok(()), "{path}");
+        }
+    }
+
+    #[test]
+    fn tracking_link_update_gets_its_template_and_account() {
+        let info = classify(
+            &Method::PUT,
+            "/api/fansly/fansly_acct_123/tracking-links/845759434926862336",
+        );
+        assert_eq!(
+            &*info.template,
+            "PUT /api/fansly/{account}/tracking-links/{id}"
+        );
+        assert_eq!(info.account.as_deref(), Some("fansly_acct_123"));
+        assert_eq!(info.kind, RouteKind::UpdateTrackingLink);
+    }
+
+    #[test]
+    fn other_routes_get_templates_without_ids() {
+        let info = classify(&Method::GET, "/api/acct_abc/chats/12345/messages");
+        assert_eq!(&*info.template, "GET /api/{account}/chats/{id}/messages");
+        assert_eq!(info.account.as_deref(), Some("acct_abc"));
+        assert_eq!(info.kind, RouteKind::Other);
+
+        let info = classify(&Method::GET, "/api/whoami");
+        assert_eq!(&*info.template, "GET /api/whoami");
+        assert_eq!(info.account, None);
+
+        let info = classify(&Method::GET, "/api/fansly/acct%5Fx/tracking-links/7/stats");
+        assert_eq!(info.account.as_deref(), Some("acct_x"));
+        assert_eq!(info.kind, RouteKind::Other);
+    }
+}

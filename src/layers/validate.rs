@@ -1,0 +1,170 @@
+//! Validation of the routes the gateway knows, before anything is forwarded, so that nothing
+//! invalid costs a credit. Today: `PUT /api/fansly/{account}/tracking-links/{id}` takes a JSON
+//! object with `label` a non-empty string and `description` a string, null or absent (415 / 400 /
+//! 422). Unknown fields pass through. The small body is read whole, checked, and forwarded as the
+//! very bytes the client sent; every other route streams untouched.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::future::{ready, Either, FutureExt};
+use http::{header, Request, Response};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::{Layer, Service};
+
+use super::route::{RouteInfo, RouteKind};
+use crate::body::{full, Body, BoxError};
+use crate::error::GatewayError;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ValidateLayer;
+
+impl<S> Layer<S> for ValidateLayer {
+    type Service = Validate<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Validate { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Validate<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S> Service<Request<Body>> for Validate<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = Either<S::Future, BoxFuture<Result<Response<Body>, BoxError>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let validated = req
+            .extensions()
+            .get::<RouteInfo>()
+            .is_some_and(|r| r.kind == RouteKind::UpdateTrackingLink);
+        if !validated {
+            return Either::Left(self.inner.call(req));
+        }
+        // Take the service that was polled ready; leave a fresh clone in its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // Combinators rather than an `async` block: rustc cannot yet prove the latter `Send`
+        // for a generic inner future.
+        Either::Right(Box::pin(check_tracking_link_update(req).then(
+            move |checked| match checked {
+                Ok(req) => Either::Left(inner.call(req)),
+                Err(error) => Either::Right(ready(Err(error))),
+            },
+        )))
+    }
+}
+
+async fn check_tracking_link_update(req: Request<Body>) -> Result<Request<Body>, BoxError> {
+    if !is_json(req.headers().get(header::CONTENT_TYPE)) {
+        return Err(GatewayError::UnsupportedMediaType.into());
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = body.collect().await?.to_bytes();
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| GatewayError::BadRequest(format!("invalid JSON body ({e})")))?;
+    let errors = tracking_link_errors(&value);
+    if !errors.is_empty() {
+        return Err(GatewayError::ValidationFailed(errors).into());
+    }
+    Ok(Request::from_parts(parts, full(bytes)))
+}
+
+/// `application/json`, with or without parameters such as `charset`.
+fn is_json(value: Option<&http::HeaderValue>) -> bool {
+    value
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The field errors of an update body, in the upstream's (Laravel's) wording.
+pub fn tracking_link_errors(value: &Value) -> Vec<(String, Vec<String>)> {
+    let Some(object) = value.as_object() else {
+        return vec![(
+            "body".into(),
+            vec!["The body must be a JSON object.".into()],
+        )];
+    };
+    let mut errors = Vec::new();
+    match object.get("label") {
+        None | Some(Value::Null) => {
+            errors.push(("label".into(), vec!["The label field is required.".into()]))
+        }
+        Some(Value::String(label)) if label.trim().is_empty() => {
+            errors.push(("label".into(), vec!["The label field is required.".into()]))
+        }
+        Some(Value::String(_)) => {}
+        Some(_) => errors.push((
+            "label".into(),
+            vec!["The label field must be a string.".into()],
+        )),
+    }
+    match object.get("description") {
+        None | Some(Value::Null) | Some(Value::String(_)) => {}
+        Some(_) => errors.push((
+            "description".into(),
+            vec!["The description field must be a string.".into()],
+        )),
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn good_bodies_pass() {
+        assert!(tracking_link_errors(&json!({"label": "x"})).is_empty());
+        assert!(tracking_link_errors(&json!({"label": "x", "description": null})).is_empty());
+        assert!(
+            tracking_link_errors(&json!({"label": "x", "description": "d", "extra": 1})).is_empty()
+        );
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let fields = |v: Value| -> Vec<String> {
+            tracking_link_errors(&v)
+                .into_iter()
+                .map(|(f, _)| f)
+                .collect()
+        };
+        assert_eq!(fields(json!({})), ["label"]);
+        assert_eq!(fields(json!({"label": ""})), ["label"]);
+        assert_eq!(fields(json!({"label": "  "})), ["label"]);
+        assert_eq!(fields(json!({"label": 5})), ["label"]);
+        assert_eq!(
+            fields(json!({"label": "x", "description": 5})),
+            ["description"]
+        );
+        assert_eq!(fields(json!({"description": []})), ["label", "description"]);
+        assert_eq!(fields(json!([1])), ["body"]);
+    }
+
+    #[test]
+    fn json_content_types_are_recognised() {
+        let hv = |s: &'static str| http::HeaderValue::from_static(s);
+        assert!(is_json(Some(&hv("application/json"))));
+        assert!(is_json(Some(&hv("Application/JSON; charset=utf-8"))));
+        assert!(!is_json(Some(&hv("text/plain"))));
+        assert!(!is_json(None));
+    }
+}

@@ -1,0 +1,232 @@
+//! Listeners and the life of the process: binds the client listener (plain or TLS), the admin
+//! listener and, in the quickstart, the sandbox; serves each connection with HTTP/1.1 and HTTP/2;
+//! on shutdown stops accepting and lets in-flight requests finish within `shutdown_grace`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tower::Service;
+
+use crate::body::BoxError;
+use crate::config::Config;
+use crate::stack::SharedConfig;
+use crate::upstream::UpstreamClient;
+use crate::{admin, sandbox, stack};
+
+/// How long a client may take to send a request's headers (slow-loris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to finish a TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running gateway. Dropping it does not stop it; call [`Gateway::shutdown`].
+pub struct Gateway {
+    pub client_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// The in-process sandbox upstream, when the config has a `[sandbox]` table.
+    pub sandbox_addr: Option<SocketAddr>,
+    config: SharedConfig,
+    /// Cleared as shutdown begins, so `/readyz` turns 503 while connections drain.
+    ready: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Binds every listener and starts serving; returns once all of them accept connections.
+    pub async fn start(config: Config) -> Result<Self, BoxError> {
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        let sandbox_addr = match &config.sandbox {
+            Some(settings) => {
+                let listener = bind(settings.listen, "sandbox.listen").await?;
+                let addr = listener.local_addr()?;
+                let options = sandbox::SandboxOptions {
+                    api_key: config.upstream.api_key.expose().to_owned(),
+                    requests_per_minute: 1000,
+                    starting_balance: 10_000_000,
+                };
+                let mut stopped = stopped.clone();
+                tasks.push(tokio::spawn(async move {
+                    let shutdown = async move { stop_requested(&mut stopped).await };
+                    if let Err(error) = sandbox::serve(listener, options, shutdown).await {
+                        tracing::error!(%error, "sandbox stopped");
+                    }
+                }));
+                Some(addr)
+            }
+            None => None,
+        };
+
+        let upstream = UpstreamClient::new(&config.upstream)?;
+        let grace = config.server.shutdown_grace;
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(|tls| TlsAcceptor::from(Arc::clone(&tls.server_config)));
+        let client_listener = bind(config.server.listen, "server.listen").await?;
+        let admin_listener = bind(config.admin.listen, "admin.listen").await?;
+        let client_addr = client_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+
+        let config: SharedConfig = Arc::new(ArcSwap::from_pointee(config));
+        let ready = Arc::new(AtomicBool::new(true));
+        let client_service = stack::client_stack(config.clone(), upstream);
+        let admin_service = admin::service(config.clone(), ready.clone());
+        tasks.push(tokio::spawn(accept_loop(
+            client_listener,
+            tls,
+            client_service,
+            stopped.clone(),
+            grace,
+        )));
+        tasks.push(tokio::spawn(accept_loop(
+            admin_listener,
+            None,
+            admin_service,
+            stopped,
+            grace,
+        )));
+        Ok(Self {
+            client_addr,
+            admin_addr,
+            sandbox_addr,
+            config,
+            ready,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Puts a new configuration in force for the next requests: clients, keys, scopes and the
+    /// upstream key. Listener addresses, TLS and upstream connection settings need a restart;
+    /// the return value names those that changed.
+    pub fn reload(&self, new: Config) -> Vec<&'static str> {
+        let old = self.config.load();
+        let mut needs_restart = Vec::new();
+        if old.server.listen != new.server.listen {
+            needs_restart.push("server.listen");
+        }
+        if old.admin.listen != new.admin.listen {
+            needs_restart.push("admin.listen");
+        }
+        if old.upstream.base_url != new.upstream.base_url {
+            needs_restart.push("upstream.base_url");
+        }
+        self.config.store(Arc::new(new));
+        needs_restart
+    }
+
+    /// Stops accepting, lets in-flight requests finish within `shutdown_grace`, then returns.
+    pub async fn shutdown(self) {
+        self.ready.store(false, Ordering::SeqCst);
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn stop_requested(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, BoxError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("{key}: cannot listen on {addr}: {e}").into())
+}
+
+/// Accepts connections until told to stop, then drains them for at most `grace`.
+async fn accept_loop<S, B>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    service: S,
+    mut stopped: watch::Receiver<bool>,
+    grace: Duration,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _peer)) => stream,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = TowerToHyperService::new(service.clone());
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let result = match tls {
+                        None => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Some(acceptor) => {
+                            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                            let Ok(Ok(stream)) = handshake else {
+                                tracing::debug!("TLS handshake failed or timed out");
+                                return;
+                            };
+                            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                    };
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                });
+            }
+            _ = stop_requested(&mut stopped) => break,
+        }
+    }
+    drop(listener);
+    let open = graceful.count();
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!(connections = open, "shutdown grace expired; closing what is left");
+        }
+    }
+}

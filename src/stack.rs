@@ -1,0 +1,95 @@
+//! The client-facing Tower stack, outermost layer first. The order is the design: each layer
+//! may rely on what the layers above it did, and nothing that costs a credit or an upstream slot
+//! happens before the request has been proven safe, authenticated, authorized and valid.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{header, Request, Response};
+use hyper::body::Incoming;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tower::timeout::TimeoutLayer;
+use tower::{Service, ServiceBuilder};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::body::{boxed, Body};
+use crate::config::Config;
+use crate::layers::authenticate::AuthenticateLayer;
+use crate::layers::authorize::AuthorizeLayer;
+use crate::layers::body_limit::BodyLimitLayer;
+use crate::layers::request_id::{RequestIdLayer, X_REQUEST_ID};
+use crate::layers::rescue::RescueLayer;
+use crate::layers::route::RouteLayer;
+use crate::layers::upstream_auth::UpstreamAuthLayer;
+use crate::layers::validate::ValidateLayer;
+use crate::upstream::UpstreamClient;
+
+/// The live configuration: read per request by the layers whose settings may be reloaded
+/// (clients, scopes, the upstream key); swapped whole on SIGHUP.
+pub type SharedConfig = Arc<ArcSwap<Config>>;
+
+/// Builds the stack for the client listener. Server settings (body limit, timeouts,
+/// concurrency) are read once here; they change only with a restart.
+pub fn client_stack(
+    config: SharedConfig,
+    upstream: UpstreamClient,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<
+        impl http_body::Body<Data = bytes::Bytes, Error = impl Into<crate::body::BoxError>>
+            + Send
+            + 'static,
+    >,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
+    let server = &config.load().server;
+    let concurrency = Arc::new(tokio::sync::Semaphore::new(server.max_concurrent_requests));
+    ServiceBuilder::new()
+        // hyper's body becomes the stack's one body type.
+        .map_request(|req: Request<Incoming>| req.map(boxed))
+        // First, so that every response, errors included, and every log line has the id.
+        .layer(RequestIdLayer)
+        // Before anything can log a request: Authorization never appears in a trace.
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::PROXY_AUTHORIZATION,
+        ]))
+        // One span per request; it sees the final status, gateway errors included.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<Body>| {
+                    let id = req
+                        .headers()
+                        .get(&X_REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+                })
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        // Every error below becomes the SPEC §5 JSON response here, and only here.
+        .layer(RescueLayer)
+        // Over `max_concurrent_requests`: 503 at once rather than a queue.
+        .layer(LoadShedLayer::new())
+        .layer(GlobalConcurrencyLimitLayer::with_semaphore(concurrency))
+        // Bounds everything below, the wait for the upstream's answer included.
+        .layer(TimeoutLayer::new(server.request_timeout))
+        // Cheap checks first: a malformed or unknown path never meets authentication.
+        .layer(RouteLayer)
+        .layer(AuthenticateLayer::new(config.clone()))
+        .layer(AuthorizeLayer)
+        // Only authorized clients get to send bytes; then the body is bounded...
+        .layer(BodyLimitLayer::new(server.max_body_bytes))
+        // ...and the known routes are checked before any credit is spent.
+        .layer(ValidateLayer)
+        // Last: only the request that goes out carries the upstream key.
+        .layer(UpstreamAuthLayer::new(config.clone()))
+        .service(upstream)
+}

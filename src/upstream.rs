@@ -1,0 +1,203 @@
+//! The upstream client: a pooled hyper-util client over hyper-rustls (HTTP/2 when the upstream
+//! offers it by ALPN, else HTTP/1.1 keep-alive), and the header hygiene of a proxy. Bodies stream
+//! both ways untouched. Failures become gateway errors: 502 for connect failures and broken
+//! responses, 504 when the upstream does not answer within `upstream.timeout`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::Service;
+
+use crate::body::{boxed, Body, BoxError};
+use crate::config::UpstreamConfig;
+use crate::error::GatewayError;
+use crate::layers::body_limit::BodyTooLarge;
+
+/// Sends requests to the upstream named by `upstream.base_url`.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    target: Arc<Target>,
+    timeout: Duration,
+}
+
+/// Where requests go: the base URL split once, so each request only joins its path.
+struct Target {
+    scheme: Scheme,
+    authority: Authority,
+    /// Path prefix of the base URL, without a trailing slash; usually empty.
+    prefix: String,
+}
+
+impl UpstreamClient {
+    pub fn new(config: &UpstreamConfig) -> Result<Self, BoxError> {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        for cert in &config.extra_roots {
+            roots.add(cert.clone())?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let https = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(https);
+        let base = &config.base_url;
+        let target = Target {
+            scheme: base.scheme().cloned().unwrap_or(Scheme::HTTPS),
+            authority: base
+                .authority()
+                .cloned()
+                .ok_or("upstream.base_url has no host")?,
+            prefix: base.path().trim_end_matches('/').to_owned(),
+        };
+        Ok(Self {
+            client,
+            target: Arc::new(target),
+            timeout: config.timeout,
+        })
+    }
+
+    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, BoxError> {
+        let path_and_query = uri
+            .path_and_query()
+            .map(PathAndQuery::as_str)
+            .unwrap_or("/");
+        let path_and_query: PathAndQuery = if self.target.prefix.is_empty() {
+            PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(
+                path_and_query.as_bytes(),
+            ))?
+        } else {
+            format!("{}{}", self.target.prefix, path_and_query).try_into()?
+        };
+        Ok(Uri::builder()
+            .scheme(self.target.scheme.clone())
+            .authority(self.target.authority.clone())
+            .path_and_query(path_and_query)
+            .build()?)
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl Service<Request<Body>> for UpstreamClient {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let uri = self.upstream_uri(req.uri());
+        let client = self.client.clone();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            *req.uri_mut() = uri?;
+            // The pooled client picks HTTP/2 or HTTP/1.1 per connection; start from 1.1.
+            *req.version_mut() = Version::HTTP_11;
+            let response = match tokio::time::timeout(timeout, client.request(req)).await {
+                Err(_elapsed) => return Err(GatewayError::UpstreamTimeout.into()),
+                Ok(Err(error)) => return Err(classify_client_error(error)),
+                Ok(Ok(response)) => response,
+            };
+            let mut response = response.map(boxed);
+            remove_hop_by_hop(response.headers_mut());
+            Ok(response)
+        })
+    }
+}
+
+/// A client body over its limit stays itself (413); the rest are the upstream's fault (502).
+fn classify_client_error(error: hyper_util::client::legacy::Error) -> BoxError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(err) = source {
+        if let Some(too_large) = err.downcast_ref::<BodyTooLarge>() {
+            return Box::new(BodyTooLarge(too_large.0));
+        }
+        source = err.source();
+    }
+    let why = if error.is_connect() {
+        "could not connect to the upstream"
+    } else {
+        "the upstream connection failed or sent a broken response"
+    };
+    tracing::debug!(error = %error, "upstream request failed");
+    GatewayError::UpstreamUnavailable(why.into()).into()
+}
+
+/// Removes the headers that describe one connection rather than the message (RFC 9110 §7.6.1),
+/// including any the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::PROXY_AUTHENTICATE,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_end_to_end_headers_stay() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, "keep-alive, x-private".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert("x-private", "1".parse().unwrap());
+        headers.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        headers.insert(header::UPGRADE, "h2c".parse().unwrap());
+        headers.insert("idempotency-key", "k1".parse().unwrap());
+        headers.insert(header::IF_NONE_MATCH, "\"e\"".parse().unwrap());
+        remove_hop_by_hop(&mut headers);
+        let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(headers.contains_key("idempotency-key"));
+        assert!(headers.contains_key(header::IF_NONE_MATCH));
+    }
+}
