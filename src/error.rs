@@ -149,7 +149,7 @@ impl GatewayError {
     }
 
     /// Finds the gateway's meaning of an error that travelled down the stack: a `GatewayError`
-    /// itself, a tower timeout or load-shed, a body over its limit, or anything else (502).
+    /// itself, a tower timeout, a body over its limit, or anything else (502).
     pub fn from_box(error: BoxError) -> Self {
         let error = match error.downcast::<GatewayError>() {
             Ok(own) => return *own,
@@ -157,9 +157,6 @@ impl GatewayError {
         };
         if error.is::<tower::timeout::error::Elapsed>() {
             return Self::UpstreamTimeout;
-        }
-        if error.is::<tower::load_shed::error::Overloaded>() {
-            return Self::Overloaded;
         }
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
         while let Some(err) = source {

@@ -8,8 +8,6 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::{header, Request, Response};
 use hyper::body::Incoming;
-use tower::limit::GlobalConcurrencyLimitLayer;
-use tower::load_shed::LoadShedLayer;
 use tower::timeout::TimeoutLayer;
 use tower::{Service, ServiceBuilder};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
@@ -21,6 +19,7 @@ use crate::config::Config;
 use crate::layers::authenticate::AuthenticateLayer;
 use crate::layers::authorize::AuthorizeLayer;
 use crate::layers::body_limit::BodyLimitLayer;
+use crate::layers::concurrency::ConcurrencyLimitLayer;
 use crate::layers::request_id::{RequestIdLayer, X_REQUEST_ID};
 use crate::layers::rescue::RescueLayer;
 use crate::layers::route::RouteLayer;
@@ -50,7 +49,6 @@ pub fn client_stack(
        + Send
        + 'static {
     let server = &config.load().server;
-    let concurrency = Arc::new(tokio::sync::Semaphore::new(server.max_concurrent_requests));
     ServiceBuilder::new()
         // hyper's body becomes the stack's one body type.
         .map_request(|req: Request<Incoming>| req.map(boxed))
@@ -76,9 +74,9 @@ pub fn client_stack(
         )
         // Every error below becomes the SPEC §5 JSON response here, and only here.
         .layer(RescueLayer)
-        // Over `max_concurrent_requests`: 503 at once rather than a queue.
-        .layer(LoadShedLayer::new())
-        .layer(GlobalConcurrencyLimitLayer::with_semaphore(concurrency))
+        // Over `max_concurrent_requests`: 503 at once rather than a queue; a request counts
+        // until its response body has ended.
+        .layer(ConcurrencyLimitLayer::new(server.max_concurrent_requests))
         // Bounds everything below, the wait for the upstream's answer included.
         .layer(TimeoutLayer::new(server.request_timeout))
         // Cheap checks first: a malformed or unknown path never meets authentication.
