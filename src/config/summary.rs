@@ -5,8 +5,25 @@ use std::time::Duration;
 
 use super::{BudgetPeriod, Client, Config};
 
-fn d(duration: Duration) -> humantime::FormattedDuration {
-    humantime::format_duration(duration)
+/// A duration the way an operator writes it (`"90d"`, `"60s"`, `"500ms"`), not humantime's
+/// calendar split (`90d` would print as `2months 29days 2h 52m 48s`).
+fn d(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    if duration.subsec_nanos() == 0 {
+        if secs > 0 && secs % 86_400 == 0 {
+            return format!("{}d", secs / 86_400);
+        }
+        for (unit, size) in [("h", 3_600), ("m", 60)] {
+            if secs >= 2 * size && secs % size == 0 {
+                return format!("{}{unit}", secs / size);
+            }
+        }
+        return format!("{secs}s");
+    }
+    if duration.subsec_nanos() % 1_000_000 == 0 {
+        return format!("{}ms", duration.as_millis());
+    }
+    humantime::format_duration(duration).to_string()
 }
 
 impl Config {
@@ -143,4 +160,29 @@ fn write_client(out: &mut String, c: &Client) -> std::fmt::Result {
     }
     let n = c.key_hashes.len();
     writeln!(out, ", {n} key hash{}", if n == 1 { "" } else { "es" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::d;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_print_as_an_operator_writes_them() {
+        let cases = [
+            (Duration::from_secs(90 * 86_400), "90d"),
+            (Duration::from_secs(86_400), "1d"),
+            (Duration::from_secs(7_200), "2h"),
+            (Duration::from_secs(3_600), "60m"),
+            (Duration::from_secs(60), "60s"),
+            (Duration::from_secs(300), "5m"),
+            (Duration::from_secs(30), "30s"),
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(1_500), "1500ms"),
+            (Duration::from_millis(500), "500ms"),
+        ];
+        for (duration, text) in cases {
+            assert_eq!(d(duration), text);
+        }
+    }
 }
