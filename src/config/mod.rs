@@ -15,6 +15,8 @@ mod raw;
 mod summary;
 mod validate;
 
+#[cfg(test)]
+mod tests;
 
 pub use error::ConfigError;
 
