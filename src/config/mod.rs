@@ -5,14 +5,56 @@
 //! Secrets (the upstream key, the admin token) are read from the environment or a file into
 //! newtypes whose `Debug` prints `[redacted]` and whose memory is zeroed on drop.
 
+//!
+//! Layout: `raw.rs` (the serde mirror of the file), `validate.rs` (defaults, checks, secrets, PEM),
+//! `pattern.rs` (`allow` patterns), `summary.rs` (what `check` prints), `error.rs`.
+
+mod error;
+mod pattern;
+mod raw;
+mod summary;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::ConfigError;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Uri};
+
+/// Reads and validates the config file, taking secrets from the process environment.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with_env(path, &|name| std::env::var(name).ok())
+}
+
+/// Like [`load`], with the environment given as a lookup function (tests, reload).
+pub fn load_with_env(
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(path, "(file)", format!("cannot read: {e}")))?;
+    parse_str(path, &text, env)
+}
+
+/// Validates config text; `path_for_messages` is what errors and `Config::source` name.
+/// Files the config names (PEM, key file) are still read from disk, relative to the working
+/// directory.
+pub fn parse_str(
+    path_for_messages: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let raw = validate::parse_raw(path_for_messages, text)?;
+    validate::validate(raw, path_for_messages, env)
+}
 
 /// The whole validated configuration. Immutable; swapped whole on reload.
 #[derive(Debug)]
@@ -77,6 +119,14 @@ pub struct UpstreamConfig {
     pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+}
+
+impl UpstreamConfig {
+    /// The base URL's path prefix to put before each `/api/...` path: `""` for none, else like
+    /// `"/proxy"` (never a trailing slash). `base_url.path()` itself is `"/"` when there is none.
+    pub fn path_prefix(&self) -> &str {
+        self.base_url.path().trim_end_matches('/')
+    }
 }
 
 #[derive(Debug)]
