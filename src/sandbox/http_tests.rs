@@ -471,3 +471,28 @@ async fn request_ids_are_echoed_or_made_up() {
     assert!(r.header("x-request-id").starts_with("sbx-"));
     sb.stop().await;
 }
+
+#[tokio::test]
+async fn public_serve_answers_and_returns_after_shutdown() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let options = SandboxOptions {
+        api_key: KEY.into(),
+        requests_per_minute: 10,
+        starting_balance: 10,
+    };
+    let task = tokio::spawn(super::serve(listener, options, async {
+        let _ = stopped.await;
+    }));
+    let sb = Sandbox {
+        addr,
+        clock: Arc::new(ManualClock::at(0)),
+        stop: Some(stop),
+        task,
+    };
+    let r = sb.get("/api/whoami").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["_meta"]["_credits"]["note"], "Free endpoint");
+    sb.stop().await;
+}

@@ -411,8 +411,11 @@ impl App {
         headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|key| key.trim() == self.api_key)
+            .and_then(|v| v.split_once(' '))
+            // The auth scheme is case-insensitive (RFC 9110 §11.1).
+            .is_some_and(|(scheme, key)| {
+                scheme.eq_ignore_ascii_case("bearer") && key.trim() == self.api_key
+            })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SandboxState> {
@@ -766,4 +769,90 @@ fn too_many_requests(limit: u32, retry_after_secs: u64) -> Response<SandboxBody>
         .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
     rate_headers(resp.headers_mut(), limit, 0);
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(q: &str) -> Vec<(String, String)> {
+        query_pairs(q)
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(
+            pairs("before=2026-06-03T23%3A59%3A59Z&x=a+b&bad=%zz&empty"),
+            vec![
+                ("before".into(), "2026-06-03T23:59:59Z".into()),
+                ("x".into(), "a b".into()),
+                ("bad".into(), "%zz".into()),
+                ("empty".into(), String::new()),
+            ]
+        );
+    }
+
+    #[test]
+    fn cache_key_ignores_fresh_and_parameter_order() {
+        let a = cache_key("/p", &pairs("limit=5&offset=10&fresh=true"));
+        let b = cache_key("/p", &pairs("offset=10&limit=5"));
+        assert_eq!(a, b);
+        assert_ne!(a, cache_key("/p", &pairs("offset=15&limit=5")));
+        assert!(wants_fresh(&pairs("fresh=true")));
+        assert!(!wants_fresh(&pairs("fresh=false")));
+    }
+
+    #[test]
+    fn if_none_match_uses_weak_comparison_and_lists() {
+        let mut h = HeaderMap::new();
+        h.insert(IF_NONE_MATCH, HeaderValue::from_static("\"a\", W/\"tag\""));
+        assert!(if_none_match_hits(&h, "\"tag\""));
+        assert!(!if_none_match_hits(&h, "\"other\""));
+        h.insert(IF_NONE_MATCH, HeaderValue::from_static("*"));
+        assert!(if_none_match_hits(&h, "\"any\""));
+        assert!(!if_none_match_hits(&HeaderMap::new(), "\"tag\""));
+    }
+
+    #[test]
+    fn only_the_documented_paths_are_routes() {
+        assert_eq!(Route::parse("/api/whoami"), Some(Route::Whoami));
+        assert_eq!(
+            Route::parse("/api/fansly/fansly_acct_1/tracking-links/7/stats"),
+            Some(Route::Stats {
+                account: "fansly_acct_1",
+                link: "7"
+            })
+        );
+        assert_eq!(
+            Route::parse("/api/fansly/fansly_acct_1/tracking-links/"),
+            None
+        );
+        assert_eq!(Route::parse("/api/fansly//tracking-links"), None);
+        assert_eq!(Route::parse("/api/acct_1/tracking-links"), None);
+    }
+
+    #[tokio::test]
+    async fn the_bearer_scheme_is_case_insensitive_but_the_key_is_not() {
+        let app = App::new(
+            SandboxOptions {
+                api_key: "k".into(),
+                requests_per_minute: 10,
+                starting_balance: 10,
+            },
+            Arc::new(super::super::clock::SystemClock),
+        );
+        for (auth, status) in [
+            ("bearer k", StatusCode::OK),
+            ("BEARER k", StatusCode::OK),
+            ("Bearer K", StatusCode::UNAUTHORIZED),
+            ("Basic k", StatusCode::UNAUTHORIZED),
+        ] {
+            let req = Request::builder()
+                .uri("/api/whoami")
+                .header(AUTHORIZATION, auth)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            assert_eq!(app.handle(req).await.status(), status, "{auth}");
+        }
+    }
 }
