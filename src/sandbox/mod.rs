@@ -12,7 +12,7 @@
 //! | `GET /api/whoami` | 0 (chosen) | disabled |
 //!
 //! Taken from OnlyFansAPI's documentation: the paths; the update body and its 200 example
-//! (`fixtures/update-tracking-link.200.json`); the stats route, its `before`/`after` ISO 8601
+//! (`src/sandbox/fixtures/update-tracking-link.200.json`); the stats route, its `before`/`after` ISO 8601
 //! parameters (defaults: now / 30 days ago) and its daily-points `data` array; `_meta` with
 //! `_credits`, `_cache` (`cached_at` like `2025-01-29T16:30:43+00:00`, notes "Always",
 //! "Cache HIT. No credits debited", "Cache disabled for this endpoint", "Add ?fresh=true ...") and
@@ -25,7 +25,10 @@
 //! (60 s), `limit` default 10 and range 1..=100; the 401/404/429 sentences; Laravel-style 422s
 //! (which also count against the limit but cost nothing); a 304 is charged like the GET it
 //! answers (0 on a cache hit); a balance at 0 keeps serving with `used: 0` rather than refusing;
-//! the whoami body. The per-minute window is fixed per wall-clock UTC minute.
+//! the whoami body; unknown paths answer 404 before the key is checked (as a Laravel router does);
+//! unauthenticated requests are not counted against the limit. The per-minute window is fixed per
+//! wall-clock UTC minute. Stats responses are not cached because the documented example says
+//! "Cache disabled for this endpoint"; only the list is.
 
 mod clock;
 mod routes;
