@@ -92,7 +92,12 @@ impl GatewayError {
             Self::UnsupportedMediaType => {
                 "Unsupported media type: this route takes a JSON body (Content-Type: application/json).".into()
             }
-            Self::ValidationFailed(_) => "The given data was invalid.".into(),
+            Self::ValidationFailed(fields) => match fields.first() {
+                Some((_, messages)) if !messages.is_empty() => {
+                    format!("Validation failed: {}", messages.join(" "))
+                }
+                _ => "Validation failed: the given data was invalid.".into(),
+            },
             Self::RateLimited { retry_after } => format!(
                 "Too many requests: retry after {} ms.",
                 retry_after.as_millis()
