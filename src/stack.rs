@@ -20,6 +20,7 @@ use crate::layers::authenticate::AuthenticateLayer;
 use crate::layers::authorize::AuthorizeLayer;
 use crate::layers::body_limit::BodyLimitLayer;
 use crate::layers::concurrency::ConcurrencyLimitLayer;
+use crate::layers::drain::DrainOnDrop;
 use crate::layers::request_id::{RequestIdLayer, X_REQUEST_ID};
 use crate::layers::rescue::RescueLayer;
 use crate::layers::route::RouteLayer;
@@ -50,8 +51,8 @@ pub fn client_stack(
        + 'static {
     let server = &config.load().server;
     ServiceBuilder::new()
-        // hyper's body becomes the stack's one body type.
-        .map_request(|req: Request<Incoming>| req.map(boxed))
+        // hyper's body becomes the stack's one body type, drained if answered early.
+        .map_request(|req: Request<Incoming>| req.map(|body| boxed(DrainOnDrop::new(body))))
         // First, so that every response, errors included, and every log line has the id.
         .layer(RequestIdLayer)
         // Before anything can log a request: Authorization never appears in a trace.
