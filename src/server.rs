@@ -41,15 +41,21 @@ pub struct Gateway {
     config: SharedConfig,
     /// Cleared as shutdown begins, so `/readyz` turns 503 while connections drain.
     ready: Arc<AtomicBool>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Stops the client listener first...
+    stop_client: watch::Sender<bool>,
+    client_task: JoinHandle<()>,
+    /// ...and, once its requests have drained, the admin listener (probes keep answering
+    /// during the drain) and the in-process sandbox (in-flight requests still need it).
+    stop_rest: watch::Sender<bool>,
+    other_tasks: Vec<JoinHandle<()>>,
 }
 
 impl Gateway {
     /// Binds every listener and starts serving; returns once all of them accept connections.
     pub async fn start(config: Config) -> Result<Self, BoxError> {
-        let (stop, stopped) = watch::channel(false);
-        let mut tasks = Vec::new();
+        let (stop_client, client_stopped) = watch::channel(false);
+        let (stop_rest, rest_stopped) = watch::channel(false);
+        let mut other_tasks = Vec::new();
 
         let sandbox_addr = match &config.sandbox {
             Some(settings) => {
@@ -60,8 +66,8 @@ impl Gateway {
                     requests_per_minute: 1000,
                     starting_balance: 10_000_000,
                 };
-                let mut stopped = stopped.clone();
-                tasks.push(tokio::spawn(async move {
+                let mut stopped = rest_stopped.clone();
+                other_tasks.push(tokio::spawn(async move {
                     let shutdown = async move { stop_requested(&mut stopped).await };
                     if let Err(error) = sandbox::serve(listener, options, shutdown).await {
                         tracing::error!(%error, "sandbox stopped");
@@ -72,7 +78,12 @@ impl Gateway {
             None => None,
         };
 
-        let upstream = UpstreamClient::new(&config.upstream)?;
+        // With an in-process sandbox, it is the upstream.
+        let base_url = match sandbox_addr {
+            Some(addr) => format!("http://{addr}").parse()?,
+            None => config.upstream.base_url.clone(),
+        };
+        let upstream = UpstreamClient::new(&config.upstream, &base_url)?;
         let grace = config.server.shutdown_grace;
         let tls = config
             .server
@@ -88,18 +99,18 @@ impl Gateway {
         let ready = Arc::new(AtomicBool::new(true));
         let client_service = stack::client_stack(config.clone(), upstream);
         let admin_service = admin::service(config.clone(), ready.clone());
-        tasks.push(tokio::spawn(accept_loop(
+        let client_task = tokio::spawn(accept_loop(
             client_listener,
             tls,
             client_service,
-            stopped.clone(),
+            client_stopped,
             grace,
-        )));
-        tasks.push(tokio::spawn(accept_loop(
+        ));
+        other_tasks.push(tokio::spawn(accept_loop(
             admin_listener,
             None,
             admin_service,
-            stopped,
+            rest_stopped,
             grace,
         )));
         Ok(Self {
@@ -108,8 +119,10 @@ impl Gateway {
             sandbox_addr,
             config,
             ready,
-            stop,
-            tasks,
+            stop_client,
+            client_task,
+            stop_rest,
+            other_tasks,
         })
     }
 
@@ -130,8 +143,24 @@ impl Gateway {
         if old.admin.listen != new.admin.listen {
             needs_restart.push("admin.listen");
         }
-        if old.upstream.base_url != new.upstream.base_url {
+        if old.server.tls.is_some() != new.server.tls.is_some() {
+            needs_restart.push("server.tls_cert/tls_key");
+        }
+        let (a, b) = (&old.upstream, &new.upstream);
+        if a.base_url != b.base_url {
             needs_restart.push("upstream.base_url");
+        }
+        if a.extra_roots != b.extra_roots {
+            needs_restart.push("upstream.ca_file");
+        }
+        if a.connect_timeout != b.connect_timeout || a.timeout != b.timeout {
+            needs_restart.push("upstream.connect_timeout/timeout");
+        }
+        if old.server.max_body_bytes != new.server.max_body_bytes
+            || old.server.request_timeout != new.server.request_timeout
+            || old.server.max_concurrent_requests != new.server.max_concurrent_requests
+        {
+            needs_restart.push("server limits");
         }
         self.config.store(Arc::new(new));
         needs_restart
@@ -140,8 +169,10 @@ impl Gateway {
     /// Stops accepting, lets in-flight requests finish within `shutdown_grace`, then returns.
     pub async fn shutdown(self) {
         self.ready.store(false, Ordering::SeqCst);
-        let _ = self.stop.send(true);
-        for task in self.tasks {
+        let _ = self.stop_client.send(true);
+        let _ = self.client_task.await;
+        let _ = self.stop_rest.send(true);
+        for task in self.other_tasks {
             let _ = task.await;
         }
     }
@@ -174,6 +205,7 @@ async fn accept_loop<S, B>(
     B::Error: Into<BoxError>,
 {
     let graceful = GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -197,7 +229,9 @@ async fn accept_loop<S, B>(
                 let watcher = graceful.watcher();
                 let builder = builder.clone();
                 let tls = tls.clone();
-                tokio::spawn(async move {
+                // Reap finished connection tasks so the set does not grow.
+                while connections.try_join_next().is_some() {}
+                connections.spawn(async move {
                     let result = match tls {
                         None => {
                             let conn = builder.serve_connection(TokioIo::new(stream), service);
@@ -229,4 +263,6 @@ async fn accept_loop<S, B>(
             tracing::warn!(connections = open, "shutdown grace expired; closing what is left");
         }
     }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
 }
