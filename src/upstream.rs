@@ -40,7 +40,9 @@ struct Target {
 }
 
 impl UpstreamClient {
-    pub fn new(config: &UpstreamConfig) -> Result<Self, BoxError> {
+    /// A client for `base_url` (normally `config.base_url`; the in-process sandbox's address in
+    /// the quickstart) with the rest of `config`'s connection settings.
+    pub fn new(config: &UpstreamConfig, base_url: &Uri) -> Result<Self, BoxError> {
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
@@ -68,7 +70,7 @@ impl UpstreamClient {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(https);
-        let base = &config.base_url;
+        let base = base_url;
         let target = Target {
             scheme: base.scheme().cloned().unwrap_or(Scheme::HTTPS),
             authority: base
