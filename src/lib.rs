@@ -30,3 +30,4 @@ pub mod sandbox;
 pub mod server;
 pub mod stack;
 pub mod upstream;
+pub mod limiter;
