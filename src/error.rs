@@ -29,7 +29,13 @@ pub enum GatewayError {
     /// 422: validated route, bad fields; `(field, messages)` in a stable order.
     ValidationFailed(Vec<(String, Vec<String>)>),
     /// 429: client limit or upstream budget; the client may retry after this long.
-    RateLimited { retry_after: Duration },
+    RateLimited {
+        retry_after: Duration,
+        /// `client` or `upstream`: whose limit it was.
+        scope: &'static str,
+        /// Where the client stands, for the `RateLimit-*` headers.
+        status: Option<crate::limiter::RateLimitStatus>,
+    },
     /// 502: connect failure, broken upstream response.
     UpstreamUnavailable(String),
     /// 503: concurrency limit, or shutting down.
@@ -98,9 +104,12 @@ impl GatewayError {
                 }
                 _ => "Validation failed: the given data was invalid.".into(),
             },
-            Self::RateLimited { retry_after } => format!(
-                "Too many requests: retry after {} ms.",
-                retry_after.as_millis()
+            Self::RateLimited {
+                retry_after, scope, ..
+            } => format!(
+                "Too many requests: the {} rate limit is reached; retry after {} ms.",
+                if *scope == "client" { "client's" } else { "upstream" },
+                retry_after.as_millis().max(1)
             ),
             Self::UpstreamUnavailable(why) => format!("Upstream unavailable: {why}."),
             Self::Overloaded => "Overloaded: the gateway is at capacity or shutting down; retry shortly.".into(),
@@ -130,11 +139,18 @@ impl GatewayError {
             HeaderValue::from_static("application/json"),
         );
         match &self {
-            Self::RateLimited { retry_after } => {
+            Self::RateLimited {
+                retry_after,
+                status,
+                ..
+            } => {
                 let ms = retry_after.as_millis().max(1);
                 let secs = ms.div_ceil(1000).max(1);
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
                 headers.insert("retry-after-ms", HeaderValue::from(ms as u64));
+                if let Some(status) = status {
+                    crate::layers::rate_limit::set_status_headers(headers, *status);
+                }
             }
             Self::MethodNotAllowed => {
                 headers.insert(

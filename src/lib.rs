@@ -13,7 +13,8 @@
 //! - [`server`]: listeners, TLS, the accept loop, graceful shutdown, reload.
 //! - [`stack`]: the order of the layers, and why.
 //! - [`layers`]: one concern per file (request id, rescue, route, authenticate, authorize, body
-//!   limit, validate, upstream auth).
+//!   limit, validate, rate limit, upstream auth).
+//! - [`limiter`]: the shared upstream budget, per-client limits and the fair queue.
 //! - [`upstream`]: the pooled HTTPS client and the header hygiene of a proxy.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`).
 //! - [`sandbox`]: a faithful local stand-in for the upstream.
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod layers;
+pub mod limiter;
 pub mod sandbox;
 pub mod server;
 pub mod stack;

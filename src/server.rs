@@ -23,6 +23,7 @@ use tower::Service;
 
 use crate::body::BoxError;
 use crate::config::Config;
+use crate::limiter::Limiter;
 use crate::stack::SharedConfig;
 use crate::upstream::UpstreamClient;
 use crate::{admin, sandbox, stack};
@@ -39,6 +40,8 @@ pub struct Gateway {
     /// The in-process sandbox upstream, when the config has a `[sandbox]` table.
     pub sandbox_addr: Option<SocketAddr>,
     config: SharedConfig,
+    /// Kept to apply reloaded limits.
+    limiter: Limiter,
     /// Cleared as shutdown begins, so `/readyz` turns 503 while connections drain.
     ready: Arc<AtomicBool>,
     /// Stops the client listener first...
@@ -95,9 +98,10 @@ impl Gateway {
         let client_addr = client_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
 
+        let limiter = Limiter::new(&config);
         let config: SharedConfig = Arc::new(ArcSwap::from_pointee(config));
         let ready = Arc::new(AtomicBool::new(true));
-        let client_service = stack::client_stack(config.clone(), upstream);
+        let client_service = stack::client_stack(config.clone(), limiter.clone(), upstream);
         let admin_service = admin::service(config.clone(), ready.clone());
         let client_task = tokio::spawn(accept_loop(
             client_listener,
@@ -118,6 +122,7 @@ impl Gateway {
             admin_addr,
             sandbox_addr,
             config,
+            limiter,
             ready,
             stop_client,
             client_task,
@@ -131,8 +136,8 @@ impl Gateway {
         self.config.load_full()
     }
 
-    /// Puts a new configuration in force for the next requests: clients, keys, scopes and the
-    /// upstream key. Listener addresses, TLS and upstream connection settings need a restart;
+    /// Puts a new configuration in force for the next requests: clients, keys, scopes, limits
+    /// and the upstream key. Listener addresses, TLS and upstream connection settings need a restart;
     /// the return value names those that changed.
     pub fn reload(&self, new: Config) -> Vec<&'static str> {
         let old = self.config.load();
@@ -162,6 +167,7 @@ impl Gateway {
         {
             needs_restart.push("server limits");
         }
+        self.limiter.reconfigure(&new);
         self.config.store(Arc::new(new));
         needs_restart
     }

@@ -21,11 +21,13 @@ use crate::layers::authorize::AuthorizeLayer;
 use crate::layers::body_limit::BodyLimitLayer;
 use crate::layers::concurrency::ConcurrencyLimitLayer;
 use crate::layers::drain::DrainOnDrop;
+use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::{RequestIdLayer, X_REQUEST_ID};
 use crate::layers::rescue::RescueLayer;
 use crate::layers::route::RouteLayer;
 use crate::layers::upstream_auth::UpstreamAuthLayer;
 use crate::layers::validate::ValidateLayer;
+use crate::limiter::Limiter;
 use crate::upstream::UpstreamClient;
 
 /// The live configuration: read per request by the layers whose settings may be reloaded
@@ -36,6 +38,7 @@ pub type SharedConfig = Arc<ArcSwap<Config>>;
 /// concurrency) are read once here; they change only with a restart.
 pub fn client_stack(
     config: SharedConfig,
+    limiter: Limiter,
     upstream: UpstreamClient,
 ) -> impl Service<
     Request<Incoming>,
@@ -88,6 +91,8 @@ pub fn client_stack(
         .layer(BodyLimitLayer::new(server.max_body_bytes))
         // ...and the known routes are checked before any credit is spent.
         .layer(ValidateLayer)
+        // Only requests that will be forwarded wait for, and take, an upstream slot.
+        .layer(RateLimitLayer::new(limiter))
         // Last: only the request that goes out carries the upstream key.
         .layer(UpstreamAuthLayer::new(config.clone()))
         .service(upstream)

@@ -26,6 +26,14 @@ impl Clock for SystemClock {
     }
 }
 
+/// The gateway limiter's clock (tokio time anchored to the wall clock), so that an in-process
+/// sandbox and the limiter agree on minutes in paused test time.
+impl Clock for crate::limiter::LimiterClock {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.wall_now().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
 /// A clock the test moves by hand.
 #[cfg(test)]
 #[derive(Debug, Default)]

@@ -71,6 +71,41 @@ pub async fn serve(
     serve_with_clock(listener, options, Arc::new(SystemClock), shutdown).await
 }
 
+/// The sandbox as an in-process service on the limiter's clock, for tests and benchmarks that
+/// run the gateway's layers against it in paused tokio time, without sockets.
+pub fn service(
+    options: SandboxOptions,
+    clock: crate::limiter::LimiterClock,
+) -> impl tower::Service<
+    http::Request<crate::body::Body>,
+    Response = http::Response<crate::body::Body>,
+    Error = crate::body::BoxError,
+    Future = impl Future<Output = Result<http::Response<crate::body::Body>, crate::body::BoxError>>
+                 + Send,
+> + Clone
+       + Send
+       + 'static {
+    let app = Arc::new(routes::App::new(options, Arc::new(clock)));
+    use futures_util::FutureExt;
+    use http_body_util::BodyExt;
+    tower::service_fn(move |req: http::Request<crate::body::Body>| {
+        let app = Arc::clone(&app);
+        let (parts, body) = req.into_parts();
+        // The body is read first, with combinators: rustc cannot yet prove `Send` for an
+        // `async` block that holds the stack's boxed body across an await.
+        body.collect().then(move |collected| {
+            let bytes = collected.map(|c| c.to_bytes()).unwrap_or_default();
+            let req = http::Request::from_parts(parts, http_body_util::Full::new(bytes));
+            async move { Ok(app.handle(req).await.map(into_body)) }
+        })
+    })
+}
+
+fn into_body(body: routes::SandboxBody) -> crate::body::Body {
+    use http_body_util::BodyExt;
+    body.map_err(|never| match never {}).boxed_unsync()
+}
+
 /// `serve` with the clock injected (tests move time by hand).
 pub(crate) async fn serve_with_clock(
     listener: TcpListener,
