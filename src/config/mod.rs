@@ -214,7 +214,7 @@ pub enum BudgetPeriod {
     Month,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Client {
     pub id: ClientId,
     pub key_hashes: Vec<KeyHash>,

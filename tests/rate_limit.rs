@@ -1,0 +1,139 @@
+//! Rate limiting over real sockets: where a client stands (`RateLimit-*`) on every proxied
+//! answer, the 429 a client over its own limit gets (never forwarded), and an upstream 429
+//! turned into the gateway's own and pausing everyone. The pacing itself is tested in paused
+//! time in `src/limiter/tests.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ofapi_gateway::config::{Client, ClientRegistry};
+use ofapi_gateway::server::Gateway;
+use support::*;
+
+/// A gateway whose `alpha` client may make `alpha_rpm` requests a minute and wait `max_wait`.
+async fn gateway(
+    mock: &MockUpstream,
+    alpha_rpm: u32,
+    max_wait: Duration,
+) -> (Gateway, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = build_config(&mock.base_url(), Options::default(), dir.path());
+    config.rate_limit.requests_per_minute = NonZeroU32::new(1000).unwrap();
+    config.rate_limit.headroom = 0.9;
+    config.rate_limit.max_wait = max_wait;
+    let clients = config
+        .clients
+        .clients
+        .iter()
+        .map(|c| {
+            let mut limited = Client::clone(c);
+            if c.id.as_str() == "alpha" {
+                limited.requests_per_minute = NonZeroU32::new(alpha_rpm);
+            }
+            Arc::new(limited)
+        })
+        .collect();
+    config.clients = ClientRegistry::new(clients);
+    (Gateway::start(config).await.unwrap(), dir)
+}
+
+async fn get(client: &HttpClient, gw: &Gateway, key: &str) -> Resp {
+    let url = format!(
+        "http://{}/api/fansly/{ACCOUNT}/tracking-links",
+        gw.client_addr
+    );
+    let req = request("GET", &url)
+        .header("authorization", bearer(key))
+        .body(empty_body())
+        .unwrap();
+    client.send(req).await.unwrap()
+}
+
+#[tokio::test]
+async fn proxied_answers_say_where_the_client_stands() {
+    bounded(20, async {
+        let mock = MockUpstream::start(|_| with_limits(Reply::fixture(), "5000", "4990")).await;
+        let (gw, _dir) = gateway(&mock, 600, Duration::from_secs(2)).await;
+        let resp = get(&HttpClient::http1(), &gw, ALPHA_KEY).await;
+        assert_eq!(resp.status, 200);
+        // The upstream reported 5000 a minute: the budget is 4500, but alpha's own 600 is tighter.
+        assert_eq!(resp.header("ratelimit-limit"), Some("600"));
+        assert_eq!(resp.header("ratelimit-remaining"), Some("599"));
+        let reset: u64 = resp.header("ratelimit-reset").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&reset), "{reset}");
+        // The upstream's own headers pass through untouched.
+        assert_eq!(resp.header("x-rate-limit-limit-minute"), Some("5000"));
+        gw.shutdown().await;
+    })
+    .await
+}
+
+fn with_limits(reply: Reply, limit: &str, remaining: &str) -> Reply {
+    reply
+        .header("x-rate-limit-limit-minute", limit)
+        .header("x-rate-limit-remaining-minute", remaining)
+}
+
+#[tokio::test]
+async fn a_client_over_its_own_limit_gets_429_and_is_not_forwarded_while_others_are_served() {
+    bounded(20, async {
+        let mock = MockUpstream::start(|_| Reply::fixture()).await;
+        // Burst 1 + 3/20 = 1, then one every 20 s; no waiting.
+        let (gw, _dir) = gateway(&mock, 3, Duration::ZERO).await;
+        let client = HttpClient::http1();
+        assert_eq!(get(&client, &gw, ALPHA_KEY).await.status, 200);
+        let refused = get(&client, &gw, ALPHA_KEY).await;
+        let body = assert_gateway_error(&refused, 429, "rate_limited");
+        assert!(
+            body["error"].as_str().unwrap().contains("client's"),
+            "{body}"
+        );
+        let retry_after: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+        let retry_after_ms: u64 = refused.header("retry-after-ms").unwrap().parse().unwrap();
+        assert!(
+            retry_after >= 1 && retry_after_ms >= 1,
+            "{retry_after} {retry_after_ms}"
+        );
+        assert_eq!(retry_after, retry_after_ms.div_ceil(1000));
+        assert_eq!(refused.header("ratelimit-limit"), Some("3"));
+        assert_eq!(refused.header("ratelimit-remaining"), Some("2"));
+        assert_eq!(
+            mock.count(),
+            1,
+            "the refused request never reached the upstream"
+        );
+
+        // Another client is not held back by alpha's limit.
+        assert_eq!(get(&client, &gw, ACCOUNTS_KEY).await.status, 200);
+        assert_eq!(mock.count(), 2);
+        gw.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_upstream_429_becomes_the_gateways_own_and_pauses_every_client() {
+    bounded(20, async {
+        let mock = MockUpstream::start(|_| {
+            Reply::json(429, r#"{"error":"Too Many Requests."}"#).header("retry-after", "30")
+        })
+        .await;
+        let (gw, _dir) = gateway(&mock, 600, Duration::from_secs(1)).await;
+        let client = HttpClient::http1();
+        let first = get(&client, &gw, ALPHA_KEY).await;
+        assert_gateway_error(&first, 429, "rate_limited");
+        assert_eq!(first.header("retry-after"), Some("30"));
+        // Every client now gets 429 at once, without touching the upstream.
+        let second = get(&client, &gw, ACCOUNTS_KEY).await;
+        assert_gateway_error(&second, 429, "rate_limited");
+        let retry_after: u64 = second.header("retry-after").unwrap().parse().unwrap();
+        assert!((28..=30).contains(&retry_after), "{retry_after}");
+        assert_eq!(mock.count(), 1);
+        gw.shutdown().await;
+    })
+    .await
+}
