@@ -5,6 +5,7 @@ pub mod authenticate;
 pub mod authorize;
 pub mod body_limit;
 pub mod concurrency;
+pub mod meter;
 pub mod request_id;
 pub mod rescue;
 pub mod route;
