@@ -6,5 +6,6 @@
 //! rewriter built on the same tokenizer, and `body` the `MeteredBody` that wires both into the
 //! stack's body type and reports once when the body ends.
 
+pub mod body;
 pub mod rewrite;
 pub mod scan;
