@@ -346,7 +346,9 @@ impl Out {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::meter::scan::tests::{random_split, sample_bodies, Rng, FIXTURE};
+    use crate::layers::meter::scan::tests::{
+        big_body, fixture_found, random_split, sample_bodies, Rng, FIXTURE,
+    };
     use crate::layers::meter::scan::MetaScanner;
 
     const UPSTREAM: &str = "https://app.onlyfansapi.com";
@@ -534,5 +536,45 @@ mod tests {
         ));
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["_pagination"]["next_page"], "http://h/\"q\\/api");
+    }
+
+    #[test]
+    fn a_fifty_megabyte_body_in_64k_chunks_is_rewritten_with_bounded_hold_back() {
+        let mut body = big_body(50 * 1024 * 1024);
+        // Close `_meta` early to add a `_pagination` after it, in the escaped form.
+        let end = body.iter().rposition(|&b| b == b'}').unwrap();
+        body.truncate(end);
+        let tail = br#","_pagination":{"next_page":"https:\/\/app.onlyfansapi.com\/api\/acct_1\/fans?offset=10"}}"#;
+        body.extend_from_slice(tail);
+        let body = Bytes::from(body);
+        let mut rewriter = rewriter();
+        let bound = 6 * (UPSTREAM.len() + 1);
+        let mut out = BytesMut::with_capacity(body.len());
+        let mut copied = 0;
+        let mut elapsed = std::time::Duration::ZERO;
+        let mut at = 0;
+        while at < body.len() {
+            let chunk = body.slice(at..(at + 64 * 1024).min(body.len()));
+            at += chunk.len();
+            let started = std::time::Instant::now();
+            let sent = rewriter.push(chunk.clone());
+            elapsed += started.elapsed();
+            if sent.as_ptr() != chunk.as_ptr() || sent.len() != chunk.len() {
+                copied += 1;
+            }
+            assert!(rewriter.held_len() <= bound);
+            out.extend_from_slice(&sent);
+        }
+        out.extend_from_slice(&rewriter.finish());
+        let expected_tail = br#","_pagination":{"next_page":"http:\/\/127.0.0.1:8080\/api\/acct_1\/fans?offset=10"}}"#;
+        assert!(out.ends_with(expected_tail));
+        assert_eq!(out.len(), body.len() - UPSTREAM.len() + PUBLIC.len());
+        assert!(copied <= 2, "{copied} chunks copied");
+        assert_eq!(rewriter.found(), fixture_found());
+        let mb = body.len() as f64 / 1e6;
+        eprintln!(
+            "meter rewrite+scan: {mb:.1} MB in {elapsed:?} = {:.0} MB/s",
+            mb / elapsed.as_secs_f64()
+        );
     }
 }
