@@ -6,6 +6,7 @@ pub mod authorize;
 pub mod body_limit;
 pub mod concurrency;
 pub mod drain;
+pub mod meter;
 pub mod rate_limit;
 pub mod request_id;
 pub mod rescue;

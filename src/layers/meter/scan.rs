@@ -1,0 +1,800 @@
+//! Finds the upstream's `_meta` figures in a JSON response while it streams past.
+//!
+//! The `_meta` object usually comes last, after a `data` that may be many megabytes, so the body
+//! cannot be buffered and parsed whole. [`Tokenizer`] is a small byte-at-a-time state machine that
+//! survives chunk splits anywhere (inside strings, escapes, numbers, keys) and keeps a constant
+//! amount of state whatever the input:
+//!
+//! - only the objects on a path of interest (the root, `_meta`, `_meta._credits`, `_meta._cache`,
+//!   `_meta._rate_limits`, `_pagination`, `_meta._pagination`) are followed key by key, so the
+//!   stack of followed objects is at most three deep;
+//! - every other object or array (`data`, whatever its size or depth) is skipped with a counter
+//!   that only has to tell strings from brackets;
+//! - keys are kept up to [`KEY_CAP`] bytes (longer keys are simply not ours), numbers are
+//!   accumulated into a `u64` as they arrive, strings are never kept.
+//!
+//! Input that is not JSON makes the tokenizer stop quietly; what was found before stays found.
+//! [`MetaScanner`] is the tokenizer used for the figures alone; the `next_page` rewriter
+//! (`super::rewrite`) drives the same tokenizer, so one pass can do both.
+
+/// The `_meta` figures found so far; a field stays `None` when absent, of the wrong type or out
+/// of range.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetaFound {
+    /// `_meta._credits.used`
+    pub credits_used: Option<u64>,
+    /// `_meta._credits.balance`
+    pub balance: Option<u64>,
+    /// `_meta._cache.is_cached`
+    pub is_cached: Option<bool>,
+    /// `_meta._rate_limits.limit_minute`
+    pub limit_minute: Option<u32>,
+    /// `_meta._rate_limits.remaining_minute`
+    pub remaining_minute: Option<u32>,
+}
+
+/// Extracts [`MetaFound`] from a JSON body fed in chunks split anywhere.
+///
+/// Holds no heap memory: its whole state is the struct itself (a few dozen bytes).
+#[derive(Clone, Debug, Default)]
+pub struct MetaScanner {
+    tokenizer: Tokenizer,
+}
+
+impl MetaScanner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads the next bytes of the body.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        self.tokenizer.feed_all(chunk);
+    }
+
+    /// What has been found so far.
+    pub fn found(&self) -> MetaFound {
+        self.tokenizer.found
+    }
+
+    /// True once the input turned out not to be JSON (or had more after the top-level value):
+    /// later chunks are ignored.
+    pub fn is_stopped(&self) -> bool {
+        self.tokenizer.is_stopped()
+    }
+}
+
+/// Longest key kept; longer keys cannot be one of ours (the longest is `remaining_minute`).
+pub(crate) const KEY_CAP: usize = 24;
+
+/// Objects followed key by key: root, `_meta`, and one of `_meta`'s children.
+const FRAME_CAP: usize = 3;
+
+/// An object on a path of interest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Ctx {
+    #[default]
+    Root,
+    Meta,
+    Credits,
+    Cache,
+    RateLimits,
+    /// `_pagination` at the top level or inside `_meta`: both hold `next_page`.
+    Pagination,
+}
+
+/// What the value after the current key means to us.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Slot {
+    #[default]
+    Nothing,
+    Open(Ctx),
+    CreditsUsed,
+    Balance,
+    IsCached,
+    LimitMinute,
+    RemainingMinute,
+    NextPage,
+}
+
+impl Slot {
+    fn of(parent: Ctx, key: &[u8]) -> Self {
+        match (parent, key) {
+            (Ctx::Root, b"_meta") => Slot::Open(Ctx::Meta),
+            (Ctx::Root | Ctx::Meta, b"_pagination") => Slot::Open(Ctx::Pagination),
+            (Ctx::Meta, b"_credits") => Slot::Open(Ctx::Credits),
+            (Ctx::Meta, b"_cache") => Slot::Open(Ctx::Cache),
+            (Ctx::Meta, b"_rate_limits") => Slot::Open(Ctx::RateLimits),
+            (Ctx::Credits, b"used") => Slot::CreditsUsed,
+            (Ctx::Credits, b"balance") => Slot::Balance,
+            (Ctx::Cache, b"is_cached") => Slot::IsCached,
+            (Ctx::RateLimits, b"limit_minute") => Slot::LimitMinute,
+            (Ctx::RateLimits, b"remaining_minute") => Slot::RemainingMinute,
+            (Ctx::Pagination, b"next_page") => Slot::NextPage,
+            _ => Slot::Nothing,
+        }
+    }
+
+    fn wants_integer(self) -> bool {
+        matches!(
+            self,
+            Slot::CreditsUsed | Slot::Balance | Slot::LimitMinute | Slot::RemainingMinute
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Literal {
+    True,
+    False,
+    Null,
+}
+
+impl Literal {
+    fn word(self) -> &'static [u8] {
+        match self {
+            Literal::True => b"true",
+            Literal::False => b"false",
+            Literal::Null => b"null",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum State {
+    /// A value must come next (start of input, after `:`).
+    #[default]
+    Value,
+    /// Just after `{`: a key or `}`.
+    FirstKey,
+    /// After `,` in a followed object: a key.
+    NextKey,
+    /// Inside a key string.
+    Key,
+    KeyEscape,
+    KeyUnicode {
+        left: u8,
+        code: u16,
+    },
+    /// After a key: `:`.
+    Colon,
+    /// Inside a string value of a followed object.
+    Str,
+    StrEscape,
+    Number,
+    Literal {
+        literal: Literal,
+        matched: u8,
+    },
+    /// After a value in a followed object: `,` or `}`.
+    AfterValue,
+    /// Inside a container nobody follows; `skip_depth` counts the open brackets.
+    Skip,
+    SkipStr,
+    SkipEscape,
+    /// After the top-level value: only whitespace may follow.
+    End,
+    /// Not JSON: everything from here on is ignored.
+    Stopped,
+}
+
+/// What [`Tokenizer::advance`] stopped at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// The whole input was consumed.
+    Done,
+    /// A `next_page` string value opens; its contents start at this index of the input, all
+    /// bytes before it consumed.
+    NextPageAt(usize),
+}
+
+/// The incremental JSON tokenizer shared by the scanner and the rewriter.
+///
+/// Invariant: `depth` ≤ [`FRAME_CAP`], and `frames[..depth]` are the followed objects from the
+/// root down. Only objects are ever followed; arrays are always skipped.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Tokenizer {
+    state: State,
+    frames: [Ctx; FRAME_CAP],
+    depth: u8,
+    /// The key being read, decoded, while it fits.
+    key: [u8; KEY_CAP],
+    key_len: u8,
+    /// False once the key being read is too long or has a non-ASCII escape: not ours.
+    key_ours: bool,
+    /// Meaning of the value being read or about to be read.
+    slot: Slot,
+    /// The integer being read for a slot that wants one; `None` once it overflows, is negative
+    /// or has a fraction or exponent.
+    number: Option<u64>,
+    /// Open brackets inside a skipped container (the container's own included).
+    skip_depth: u64,
+    pub(crate) found: MetaFound,
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+fn hex(b: u8) -> Option<u16> {
+    match b {
+        b'0'..=b'9' => Some(u16::from(b - b'0')),
+        b'a'..=b'f' => Some(u16::from(b - b'a' + 10)),
+        b'A'..=b'F' => Some(u16::from(b - b'A' + 10)),
+        _ => None,
+    }
+}
+
+impl Tokenizer {
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.state == State::Stopped
+    }
+
+    /// Consumes all of `input`, ignoring `next_page` events.
+    pub(crate) fn feed_all(&mut self, mut input: &[u8]) {
+        while let Step::NextPageAt(at) = self.advance(input) {
+            input = input.get(at..).unwrap_or_default();
+        }
+    }
+
+    /// Consumes `input` up to its end or just past the opening quote of a `next_page` string
+    /// value, whichever comes first.
+    pub(crate) fn advance(&mut self, input: &[u8]) -> Step {
+        let mut i = 0;
+        while let Some(&b) = input.get(i) {
+            match self.state {
+                State::Stopped => return Step::Done,
+                State::Skip => {
+                    let rest = input.get(i..).unwrap_or_default();
+                    let Some(k) = rest
+                        .iter()
+                        .position(|&c| matches!(c, b'"' | b'{' | b'}' | b'[' | b']'))
+                    else {
+                        return Step::Done;
+                    };
+                    i += k;
+                    match input.get(i) {
+                        Some(b'"') => self.state = State::SkipStr,
+                        Some(b'{' | b'[') => self.skip_depth += 1,
+                        _ => {
+                            self.skip_depth -= 1;
+                            if self.skip_depth == 0 {
+                                self.value_done();
+                            }
+                        }
+                    }
+                    i += 1;
+                }
+                State::SkipStr | State::Str => {
+                    let rest = input.get(i..).unwrap_or_default();
+                    let Some(k) = rest.iter().position(|&c| c == b'"' || c == b'\\') else {
+                        return Step::Done;
+                    };
+                    i += k;
+                    let skipping = self.state == State::SkipStr;
+                    match (input.get(i), skipping) {
+                        (Some(b'"'), true) => self.state = State::Skip,
+                        (Some(b'"'), false) => self.value_done(),
+                        (_, true) => self.state = State::SkipEscape,
+                        (_, false) => self.state = State::StrEscape,
+                    }
+                    i += 1;
+                }
+                State::SkipEscape => {
+                    self.state = State::SkipStr;
+                    i += 1;
+                }
+                State::StrEscape => {
+                    self.state = State::Str;
+                    i += 1;
+                }
+                State::Value => {
+                    i += 1;
+                    match b {
+                        _ if is_ws(b) => {}
+                        b'{' => match self.slot {
+                            Slot::Nothing if self.depth == 0 => self.open(Ctx::Root),
+                            Slot::Open(ctx) => self.open(ctx),
+                            _ => self.skip(),
+                        },
+                        b'[' => self.skip(),
+                        b'"' => {
+                            self.state = State::Str;
+                            if self.slot == Slot::NextPage {
+                                return Step::NextPageAt(i);
+                            }
+                        }
+                        b'0'..=b'9' => {
+                            self.state = State::Number;
+                            self.number = self.slot.wants_integer().then_some(u64::from(b - b'0'));
+                        }
+                        b'-' => {
+                            self.state = State::Number;
+                            self.number = None;
+                        }
+                        b't' => self.literal(Literal::True),
+                        b'f' => self.literal(Literal::False),
+                        b'n' => self.literal(Literal::Null),
+                        _ => self.state = State::Stopped,
+                    }
+                }
+                State::Number => match b {
+                    b'0'..=b'9' => {
+                        self.number = self
+                            .number
+                            .and_then(|n| n.checked_mul(10))
+                            .and_then(|n| n.checked_add(u64::from(b - b'0')));
+                        i += 1;
+                    }
+                    b'.' | b'e' | b'E' | b'+' | b'-' => {
+                        self.number = None;
+                        i += 1;
+                    }
+                    _ => {
+                        // The delimiter is read again by the state after the value.
+                        if let Some(n) = self.number.take() {
+                            self.store_integer(n);
+                        }
+                        self.value_done();
+                    }
+                },
+                State::Literal { literal, matched } => {
+                    let word = literal.word();
+                    if word.get(usize::from(matched)) != Some(&b) {
+                        self.state = State::Stopped;
+                        continue;
+                    }
+                    i += 1;
+                    let matched = matched + 1;
+                    if usize::from(matched) < word.len() {
+                        self.state = State::Literal { literal, matched };
+                        continue;
+                    }
+                    if self.slot == Slot::IsCached {
+                        match literal {
+                            Literal::True => self.found.is_cached = Some(true),
+                            Literal::False => self.found.is_cached = Some(false),
+                            Literal::Null => {}
+                        }
+                    }
+                    self.value_done();
+                }
+                State::FirstKey | State::NextKey => {
+                    i += 1;
+                    match b {
+                        _ if is_ws(b) => {}
+                        b'"' => {
+                            self.state = State::Key;
+                            self.key_len = 0;
+                            self.key_ours = true;
+                        }
+                        b'}' if self.state == State::FirstKey => self.close(),
+                        _ => self.state = State::Stopped,
+                    }
+                }
+                State::Key => {
+                    i += 1;
+                    match b {
+                        b'"' => {
+                            let parent = self.top();
+                            let key = self.key.get(..usize::from(self.key_len));
+                            self.slot = match (self.key_ours, parent, key) {
+                                (true, Some(parent), Some(key)) => Slot::of(parent, key),
+                                _ => Slot::Nothing,
+                            };
+                            self.state = State::Colon;
+                        }
+                        b'\\' => self.state = State::KeyEscape,
+                        _ => self.push_key_byte(b),
+                    }
+                }
+                State::KeyEscape => {
+                    i += 1;
+                    self.state = State::Key;
+                    match b {
+                        b'"' | b'\\' | b'/' => self.push_key_byte(b),
+                        b'b' => self.push_key_byte(0x08),
+                        b'f' => self.push_key_byte(0x0c),
+                        b'n' => self.push_key_byte(b'\n'),
+                        b'r' => self.push_key_byte(b'\r'),
+                        b't' => self.push_key_byte(b'\t'),
+                        b'u' => self.state = State::KeyUnicode { left: 4, code: 0 },
+                        _ => self.state = State::Stopped,
+                    }
+                }
+                State::KeyUnicode { left, code } => {
+                    i += 1;
+                    let Some(digit) = hex(b) else {
+                        self.state = State::Stopped;
+                        continue;
+                    };
+                    let code = code << 4 | digit;
+                    if left > 1 {
+                        self.state = State::KeyUnicode {
+                            left: left - 1,
+                            code,
+                        };
+                        continue;
+                    }
+                    self.state = State::Key;
+                    match u8::try_from(code) {
+                        Ok(ascii) if ascii.is_ascii() => self.push_key_byte(ascii),
+                        _ => self.key_ours = false,
+                    }
+                }
+                State::Colon => {
+                    i += 1;
+                    match b {
+                        _ if is_ws(b) => {}
+                        b':' => self.state = State::Value,
+                        _ => self.state = State::Stopped,
+                    }
+                }
+                State::AfterValue => {
+                    i += 1;
+                    match b {
+                        _ if is_ws(b) => {}
+                        b',' => self.state = State::NextKey,
+                        b'}' => self.close(),
+                        _ => self.state = State::Stopped,
+                    }
+                }
+                State::End => {
+                    i += 1;
+                    if !is_ws(b) {
+                        self.state = State::Stopped;
+                    }
+                }
+            }
+        }
+        Step::Done
+    }
+
+    fn top(&self) -> Option<Ctx> {
+        let depth = usize::from(self.depth);
+        depth
+            .checked_sub(1)
+            .and_then(|top| self.frames.get(top))
+            .copied()
+    }
+
+    fn open(&mut self, ctx: Ctx) {
+        match self.frames.get_mut(usize::from(self.depth)) {
+            Some(frame) => {
+                *frame = ctx;
+                self.depth += 1;
+                self.state = State::FirstKey;
+            }
+            // Cannot happen (each followed object's children are at most one level deeper and
+            // FRAME_CAP covers the deepest), but a full stack only means "not ours".
+            None => self.skip(),
+        }
+    }
+
+    fn close(&mut self) {
+        self.depth = self.depth.saturating_sub(1);
+        self.value_done();
+    }
+
+    fn skip(&mut self) {
+        self.skip_depth = 1;
+        self.state = State::Skip;
+    }
+
+    fn literal(&mut self, literal: Literal) {
+        self.state = State::Literal {
+            literal,
+            matched: 1,
+        };
+    }
+
+    /// A value ended; what comes next depends on whether it was the top-level one.
+    fn value_done(&mut self) {
+        self.slot = Slot::Nothing;
+        self.state = if self.depth == 0 {
+            State::End
+        } else {
+            State::AfterValue
+        };
+    }
+
+    fn push_key_byte(&mut self, b: u8) {
+        match self.key.get_mut(usize::from(self.key_len)) {
+            Some(slot) => {
+                *slot = b;
+                self.key_len += 1;
+            }
+            None => self.key_ours = false,
+        }
+    }
+
+    fn store_integer(&mut self, n: u64) {
+        let found = &mut self.found;
+        match self.slot {
+            Slot::CreditsUsed => found.credits_used = Some(n),
+            Slot::Balance => found.balance = Some(n),
+            Slot::LimitMinute => {
+                if let Ok(n) = u32::try_from(n) {
+                    found.limit_minute = Some(n);
+                }
+            }
+            Slot::RemainingMinute => {
+                if let Ok(n) = u32::try_from(n) {
+                    found.remaining_minute = Some(n);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) const FIXTURE: &[u8] =
+        include_bytes!("../../sandbox/fixtures/update-tracking-link.200.json");
+
+    pub(crate) fn fixture_found() -> MetaFound {
+        MetaFound {
+            credits_used: Some(1),
+            balance: Some(10_055_796),
+            is_cached: Some(false),
+            limit_minute: Some(5000),
+            remaining_minute: Some(4999),
+        }
+    }
+
+    fn scan(chunks: &[&[u8]]) -> MetaFound {
+        let mut scanner = MetaScanner::new();
+        for chunk in chunks {
+            scanner.feed(chunk);
+        }
+        scanner.found()
+    }
+
+    /// A tiny deterministic PRNG (xorshift64*), enough for random split points.
+    pub(crate) struct Rng(u64);
+
+    impl Rng {
+        pub(crate) fn new(seed: u64) -> Self {
+            Self(seed.max(1))
+        }
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        pub(crate) fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    /// Cuts `body` into random pieces (including empty ones).
+    pub(crate) fn random_split<'a>(body: &'a [u8], rng: &mut Rng) -> Vec<&'a [u8]> {
+        let mut pieces = Vec::new();
+        let mut rest = body;
+        while !rest.is_empty() {
+            let n = rng.below(rest.len().min(17) + 1);
+            let (piece, tail) = rest.split_at(n);
+            pieces.push(piece);
+            rest = tail;
+        }
+        pieces
+    }
+
+    #[test]
+    fn the_fixture_fed_whole_yields_every_figure() {
+        assert_eq!(scan(&[FIXTURE]), fixture_found());
+    }
+
+    #[test]
+    fn the_fixture_fed_byte_by_byte_yields_every_figure() {
+        let bytes: Vec<&[u8]> = FIXTURE.chunks(1).collect();
+        assert_eq!(scan(&bytes), fixture_found());
+    }
+
+    #[test]
+    fn the_fixture_split_at_every_point_yields_every_figure() {
+        for at in 0..=FIXTURE.len() {
+            let (a, b) = FIXTURE.split_at(at);
+            assert_eq!(scan(&[a, b]), fixture_found(), "split at {at}");
+        }
+    }
+
+    #[test]
+    fn meta_before_data_is_found() {
+        let body = br#"{"_meta":{"_credits":{"used":3,"balance":7},"_cache":{"is_cached":true},
+            "_rate_limits":{"limit_minute":60,"remaining_minute":59}},"data":[1,2,{"a":"b"}]}"#;
+        assert_eq!(
+            scan(&[body]),
+            MetaFound {
+                credits_used: Some(3),
+                balance: Some(7),
+                is_cached: Some(true),
+                limit_minute: Some(60),
+                remaining_minute: Some(59),
+            }
+        );
+    }
+
+    #[test]
+    fn a_meta_nested_inside_data_is_ignored() {
+        let body = br#"{"data":{"_meta":{"_credits":{"used":999,"balance":999}},
+            "list":[{"_meta":{"_cache":{"is_cached":true}}}]},
+            "other":{"_credits":{"used":5}},
+            "_meta":{"_credits":{"used":2},"x":{"_credits":{"balance":8}}}}"#;
+        assert_eq!(
+            scan(&[body]),
+            MetaFound {
+                credits_used: Some(2),
+                ..MetaFound::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_top_level_array_has_no_meta() {
+        let body = br#"[{"_meta":{"_credits":{"used":1}}}]"#;
+        assert_eq!(scan(&[body]), MetaFound::default());
+    }
+
+    #[test]
+    fn strings_full_of_json_syntax_do_not_confuse_the_tokenizer() {
+        let body = br#"{"data":{"text":"a \"quoted\" {brace} [bracket] \\ \/ \u0022 \"_meta\":{",
+            "k\"ey}":"v","\u005fmeta":"not an object","emoji":"\ud83d\ude00"},
+            "note":"\"}\\","_m\u0065ta":{"_credits":{"us\u0065d":4,"balance":1}}}"#;
+        assert_eq!(
+            scan(&[body]),
+            MetaFound {
+                credits_used: Some(4),
+                balance: Some(1),
+                ..MetaFound::default()
+            }
+        );
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_are_ignored() {
+        let body = br#"{"_meta":{"_credits":{"used":"1","balance":null},
+            "_cache":{"is_cached":"true"},
+            "_rate_limits":{"limit_minute":-5,"remaining_minute":1.5}}}"#;
+        assert_eq!(scan(&[body]), MetaFound::default());
+        let body = br#"{"_meta":{"_credits":{"used":[1],"balance":{"v":2}},
+            "_cache":{"is_cached":0},
+            "_rate_limits":{"limit_minute":4294967296,"remaining_minute":1e3}}}"#;
+        assert_eq!(scan(&[body]), MetaFound::default());
+        let body = br#"{"_meta":{"_credits":{"used":18446744073709551616,"balance":18446744073709551615}}}"#;
+        assert_eq!(
+            scan(&[body]),
+            MetaFound {
+                balance: Some(u64::MAX),
+                ..MetaFound::default()
+            }
+        );
+    }
+
+    #[test]
+    fn garbage_and_truncated_input_never_panics_and_keeps_what_was_found() {
+        let truncated = &FIXTURE[..FIXTURE.len() - 200];
+        let found = scan(&[truncated]);
+        assert_eq!(found.credits_used, Some(1));
+        assert_eq!(found.balance, Some(10_055_796));
+
+        let mut garbled =
+            br#"{"_meta":{"_credits":{"used":1}}, oops "_meta":{"_credits":{"used":2}}}"#.to_vec();
+        let mut scanner = MetaScanner::new();
+        scanner.feed(&garbled);
+        assert!(scanner.is_stopped());
+        assert_eq!(scanner.found().credits_used, Some(1));
+        garbled.reverse();
+        let _ = scan(&[&garbled]);
+
+        for input in [
+            &b"<html>502 Bad Gateway</html>"[..],
+            b"\x1f\x8b\x08\x00gzip",
+            b"}}}]]]",
+            b"{\"a\":tru",
+            b"{\"\\uZZZZ\":1}",
+            b"{\"\\x\":1}",
+            b"{\"a\" 1}",
+            b"{\"_meta\":{\"_credits\":{\"used\":12",
+            b"",
+            b"   ",
+            b"{\"a\":1}{\"b\":2}",
+        ] {
+            let _ = scan(&[input]);
+        }
+        let mut rng = Rng::new(7);
+        for _ in 0..2000 {
+            let len = rng.below(64);
+            let alphabet = b"{}[]\":,\\ ntrue0123456789-_meta";
+            let noise: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.below(alphabet.len())])
+                .collect();
+            let _ = scan(&[&noise]);
+        }
+    }
+
+    #[test]
+    fn nesting_deeper_than_any_stack_is_skipped_in_constant_memory() {
+        let mut body = b"{\"data\":".to_vec();
+        body.extend(std::iter::repeat_n(b"[{\"a\":".as_slice(), 100_000).flatten());
+        body.extend_from_slice(b"1");
+        body.extend(std::iter::repeat_n(b"}]".as_slice(), 100_000).flatten());
+        body.extend_from_slice(br#","_meta":{"_credits":{"used":6}}}"#);
+        assert_eq!(scan(&[&body]).credits_used, Some(6));
+    }
+
+    #[test]
+    fn a_key_longer_than_the_cap_is_not_ours() {
+        let long = "_meta".repeat(10);
+        let body = format!(
+            r#"{{"{long}":{{"_credits":{{"used":1}}}},"_meta":{{"_credits":{{"balance":2}}}}}}"#
+        );
+        let found = scan(&[body.as_bytes()]);
+        assert_eq!(found.credits_used, None);
+        assert_eq!(found.balance, Some(2));
+    }
+
+    /// Bodies whose scan must not depend on where the chunks are cut.
+    pub(crate) fn sample_bodies() -> Vec<Vec<u8>> {
+        vec![
+            FIXTURE.to_vec(),
+            br#"{"_meta":{"_credits":{"used":3,"balance":7}},"data":[1,-2.5e3,true,null]}"#
+                .to_vec(),
+            br#"{"data":{"s":"\\\"\u0041}{","_meta":{"_credits":{"used":9}}},
+              "_pagination":{"next_page":"https:\/\/app.onlyfansapi.com\/api\/x?offset=10"},
+              "_meta":{"_cache":{"is_cached":true},"_rate_limits":{"limit_minute":10,
+              "remaining_minute":0},"_pagination":{"next_page":null}}}"#
+                .to_vec(),
+            br#"{"_meta":{"_credits":{"used":"1"}}, oops"#.to_vec(),
+            br#"  {  "_meta" : { "_credits" : { "used" : 12345678901234 } } }  "#.to_vec(),
+        ]
+    }
+
+    #[test]
+    fn random_splits_give_the_same_result_as_the_whole_body() {
+        let mut rng = Rng::new(0x5eed);
+        for body in sample_bodies() {
+            let whole = scan(&[&body]);
+            for _ in 0..500 {
+                let pieces = random_split(&body, &mut rng);
+                assert_eq!(scan(&pieces), whole, "{}", String::from_utf8_lossy(&body));
+            }
+        }
+    }
+
+    /// A `data` array of objects whose strings are full of escapes and brackets, then `_meta`.
+    pub(crate) fn big_body(min_len: usize) -> Vec<u8> {
+        let item = br#"{"id":"100000000000000003","label":"Twitter \"bio\" {x} [y] \\ \/ \u00e9","n":12345,"f":-1.5e3,"ok":true,"none":null,"nested":{"_meta":{"_credits":{"used":999}}},"tags":["a","b",[1,[2,[3]]]]},"#;
+        let mut body = Vec::with_capacity(min_len + 1024);
+        body.extend_from_slice(b"{\"data\":[");
+        while body.len() < min_len {
+            body.extend_from_slice(item);
+        }
+        body.extend_from_slice(b"{}],");
+        // The fixture minus its opening brace: its own `data` becomes a second key, then `_meta`.
+        body.extend_from_slice(&FIXTURE[FIXTURE.iter().position(|&b| b == b'"').unwrap_or(0)..]);
+        body
+    }
+
+    #[test]
+    fn a_fifty_megabyte_body_in_64k_chunks_is_scanned_in_constant_memory() {
+        let body = big_body(50 * 1024 * 1024);
+        let mut scanner = MetaScanner::new();
+        let started = std::time::Instant::now();
+        for chunk in body.chunks(64 * 1024) {
+            scanner.feed(chunk);
+        }
+        let elapsed = started.elapsed();
+        assert_eq!(scanner.found(), fixture_found());
+        // No heap: the struct is all the state there is.
+        assert!(std::mem::size_of::<MetaScanner>() <= 128);
+        let mb = body.len() as f64 / 1e6;
+        eprintln!(
+            "meter scan: {mb:.1} MB in {elapsed:?} = {:.0} MB/s",
+            mb / elapsed.as_secs_f64()
+        );
+    }
+}
