@@ -1,0 +1,1 @@
+//! Tests of the writer: durability, batching, back-pressure, failure and recovery, retention.
