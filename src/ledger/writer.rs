@@ -90,9 +90,9 @@ impl Writer {
                     self.waiters.push(reply);
                     self.force = true;
                 }
-                Ok(Msg::Close(reply)) => return self.finish(&rx, Some(reply)),
+                Ok(Msg::Close(reply)) => return self.finish(rx, Some(reply)),
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return self.finish(&rx, None),
+                Err(RecvTimeoutError::Disconnected) => return self.finish(rx, None),
             }
             self.tick();
         }
@@ -231,8 +231,9 @@ impl Writer {
     }
 
     /// Commits what is left (retrying an unwritable file up to `close_deadline`), counts rows
-    /// that arrived behind the close as dropped, closes the file, then answers.
-    fn finish(mut self, rx: &Receiver<Msg>, reply: Option<Reply>) {
+    /// that arrived behind the close as dropped, closes the channel and the file, then answers:
+    /// once `close` returns, a `record` finds the channel closed and counts its row as dropped.
+    fn finish(mut self, rx: Receiver<Msg>, reply: Option<Reply>) {
         let deadline = Instant::now() + self.tuning.close_deadline;
         while !self.pending.is_empty() {
             self.write();
@@ -251,6 +252,7 @@ impl Writer {
                 Msg::Flush(r) | Msg::Close(r) => late.push(r),
             }
         }
+        drop(rx);
         let lost = self.pending.len();
         let reason = self.last_reason.clone().unwrap_or_default();
         if lost > 0 {
