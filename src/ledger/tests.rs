@@ -741,3 +741,40 @@ async fn spent_since_sums_raw_rows_and_whole_days_of_roll_ups_per_client() {
         "11-01 is cut by since: left out"
     );
 }
+
+/// Not a check: measures what the writer sustains (rounds of 50 000 rows, under the channel's
+/// capacity, each followed by a flush) and what `record` costs. Run with
+/// `cargo test --release --lib ledger::tests::measure_write_throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn measure_write_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = ledger_path(&dir);
+    let ledger = Ledger::open(&long_retention(&path)).unwrap();
+    let (rounds, per_round) = (10, 50_000);
+    let started = Instant::now();
+    let mut in_record = Duration::ZERO;
+    for round in 0..rounds {
+        let rows: Vec<_> = (0..per_round)
+            .map(|i| row(NOV_1 + i as i64, round * per_round + i))
+            .collect();
+        let t = Instant::now();
+        for r in rows {
+            ledger.record(r);
+        }
+        in_record += t.elapsed();
+        ledger.flush().await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    ledger.close().await.unwrap();
+    let total = rounds * per_round;
+    eprintln!(
+        "{total} rows committed in {elapsed:?} = {:.0} rows/s; record() {:.0} ns/row; \
+         dropped {}; file {} bytes",
+        total as f64 / elapsed.as_secs_f64(),
+        in_record.as_nanos() as f64 / total as f64,
+        ledger.dropped(),
+        std::fs::metadata(&path).unwrap().len(),
+    );
+    assert_eq!(count(&path) as usize, total);
+}
