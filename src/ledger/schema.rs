@@ -68,6 +68,14 @@ pub(crate) fn open_writable(path: &Path) -> Result<Connection, LedgerError> {
         source,
     };
     let mut conn = Connection::open(path).map_err(sqlite)?;
+    // SQLite quietly falls back to read-only when it may not write; say so now, not at the
+    // first batch.
+    if conn.is_readonly(rusqlite::MAIN_DB).map_err(sqlite)? {
+        return Err(LedgerError::Schema {
+            path: path.to_path_buf(),
+            reason: "the file is not writable".into(),
+        });
+    }
     conn.busy_timeout(Duration::from_secs(5)).map_err(sqlite)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
