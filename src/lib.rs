@@ -17,6 +17,7 @@
 //! - [`limiter`]: the shared upstream budget, per-client limits and the fair queue.
 //! - [`upstream`]: the pooled HTTPS client and the header hygiene of a proxy.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`).
+//! - [`ledger`]: the credit ledger (SQLite, one batching writer thread) and the usage reports.
 //! - [`sandbox`]: a faithful local stand-in for the upstream.
 //! - [`error`]: gateway errors and their SPEC §5 status, code and JSON body.
 //! - [`body`]: the one body type and error alias of the stack.
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod layers;
+pub mod ledger;
 pub mod limiter;
 pub mod sandbox;
 pub mod server;
