@@ -15,6 +15,7 @@
 //! - [`layers`]: one concern per file (request id, rescue, route, authenticate, authorize, body
 //!   limit, validate, rate limit, upstream auth).
 //! - [`limiter`]: the shared upstream budget, per-client limits and the fair queue.
+//! - [`metrics`]: the Prometheus metric families behind the admin `/metrics`.
 //! - [`upstream`]: the pooled HTTPS client and the header hygiene of a proxy.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`).
 //! - [`ledger`]: the credit ledger (SQLite, one batching writer thread) and the usage reports.
@@ -30,6 +31,7 @@ pub mod error;
 pub mod layers;
 pub mod ledger;
 pub mod limiter;
+pub mod metrics;
 pub mod sandbox;
 pub mod server;
 pub mod stack;
