@@ -192,6 +192,24 @@ impl GatewayError {
         Self::UpstreamUnavailable("the upstream connection failed".into())
     }
 
+    /// The status the rescue will give an error, without consuming it.
+    pub fn status_of(error: &BoxError) -> StatusCode {
+        if let Some(own) = error.downcast_ref::<GatewayError>() {
+            return own.status();
+        }
+        if error.is::<tower::timeout::error::Elapsed>() {
+            return StatusCode::GATEWAY_TIMEOUT;
+        }
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+        while let Some(err) = source {
+            if err.is::<crate::layers::body_limit::BodyTooLarge>() {
+                return StatusCode::PAYLOAD_TOO_LARGE;
+            }
+            source = err.source();
+        }
+        StatusCode::BAD_GATEWAY
+    }
+
     fn clone_kind(&self) -> Self {
         match self {
             Self::PayloadTooLarge { limit } => Self::PayloadTooLarge { limit: *limit },

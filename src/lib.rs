@@ -20,11 +20,15 @@
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`).
 //! - [`ledger`]: the credit ledger (SQLite, one batching writer thread) and the usage reports.
 //! - [`sandbox`]: a faithful local stand-in for the upstream.
+//! - [`budget`]: per-client credit budgets, with reservations so concurrency cannot overshoot.
+//! - [`calendar`]: UTC day and month arithmetic.
 //! - [`error`]: gateway errors and their SPEC §5 status, code and JSON body.
 //! - [`body`]: the one body type and error alias of the stack.
 
 pub mod admin;
 pub mod body;
+pub mod budget;
+pub mod calendar;
 pub mod cli;
 pub mod config;
 pub mod error;

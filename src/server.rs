@@ -22,9 +22,14 @@ use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
 use crate::body::BoxError;
+use crate::budget::Budgets;
 use crate::config::Config;
+use crate::layers::meter::Meter;
+use crate::ledger::Ledger;
 use crate::limiter::Limiter;
+use crate::metrics::Metrics;
 use crate::stack::SharedConfig;
+use crate::stack::StackParts;
 use crate::upstream::UpstreamClient;
 use crate::{admin, sandbox, stack};
 
@@ -40,8 +45,12 @@ pub struct Gateway {
     /// The in-process sandbox upstream, when the config has a `[sandbox]` table.
     pub sandbox_addr: Option<SocketAddr>,
     config: SharedConfig,
-    /// Kept to apply reloaded limits.
+    /// Kept to apply reloaded limits and budgets.
     limiter: Limiter,
+    budgets: Budgets,
+    /// Flushed and closed once the client listener has drained.
+    ledger: Ledger,
+    pub metrics: Metrics,
     /// Cleared as shutdown begins, so `/readyz` turns 503 while connections drain.
     ready: Arc<AtomicBool>,
     /// Stops the client listener first...
@@ -98,10 +107,34 @@ impl Gateway {
         let client_addr = client_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
 
+        let ledger = Ledger::open(&config.ledger).map_err(|e| {
+            format!(
+                "ledger.path: cannot open {}: {e}",
+                config.ledger.path.display()
+            )
+        })?;
+        let budgets = Budgets::new(&config, |since| spent_since(&ledger, since));
         let limiter = Limiter::new(&config);
+        let metrics = Metrics::new();
+        let meter = Arc::new(Meter {
+            metrics: metrics.clone(),
+            ledger: Some(ledger.clone()),
+            limiter: limiter.clone(),
+            budgets: budgets.clone(),
+            upstream_base: base_url.to_string(),
+            public_url: config.server.public_url.clone(),
+            low_balance_warning: config.credits.low_balance_warning,
+            balance: Default::default(),
+        });
         let config: SharedConfig = Arc::new(ArcSwap::from_pointee(config));
         let ready = Arc::new(AtomicBool::new(true));
-        let client_service = stack::client_stack(config.clone(), limiter.clone(), upstream);
+        let client_service = stack::client_stack(StackParts {
+            config: config.clone(),
+            limiter: limiter.clone(),
+            budgets: budgets.clone(),
+            meter,
+            upstream,
+        });
         let admin_service = admin::service(config.clone(), ready.clone());
         let client_task = tokio::spawn(accept_loop(
             client_listener,
@@ -123,6 +156,9 @@ impl Gateway {
             sandbox_addr,
             config,
             limiter,
+            budgets,
+            ledger,
+            metrics,
             ready,
             stop_client,
             client_task,
@@ -168,6 +204,10 @@ impl Gateway {
             needs_restart.push("server limits");
         }
         self.limiter.reconfigure(&new);
+        self.budgets
+            .reconfigure(&new, crate::calendar::now_ms(), |since| {
+                spent_since(&self.ledger, since)
+            });
         self.config.store(Arc::new(new));
         needs_restart
     }
@@ -177,11 +217,24 @@ impl Gateway {
         self.ready.store(false, Ordering::SeqCst);
         let _ = self.stop_client.send(true);
         let _ = self.client_task.await;
+        // Every answered call has recorded its row by now: write them all.
+        if let Err(error) = self.ledger.close().await {
+            tracing::error!(%error, "the ledger could not write every row");
+        }
         let _ = self.stop_rest.send(true);
         for task in self.other_tasks {
             let _ = task.await;
         }
     }
+}
+
+/// Credits per client since a moment, from the ledger (empty, with a warning, if unreadable:
+/// budgets then start from zero rather than refusing to start).
+fn spent_since(ledger: &Ledger, since_ms: i64) -> std::collections::HashMap<String, u64> {
+    ledger.spent_since(since_ms).unwrap_or_else(|error| {
+        tracing::warn!(%error, "could not read past spend from the ledger; budgets start at 0");
+        Default::default()
+    })
 }
 
 async fn stop_requested(stopped: &mut watch::Receiver<bool>) {

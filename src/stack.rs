@@ -15,12 +15,14 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::body::{boxed, Body};
+use crate::budget::Budgets;
 use crate::config::Config;
 use crate::layers::authenticate::AuthenticateLayer;
 use crate::layers::authorize::AuthorizeLayer;
 use crate::layers::body_limit::BodyLimitLayer;
 use crate::layers::concurrency::ConcurrencyLimitLayer;
 use crate::layers::drain::DrainOnDrop;
+use crate::layers::meter::{Meter, MeterLayer};
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::{RequestIdLayer, X_REQUEST_ID};
 use crate::layers::rescue::RescueLayer;
@@ -36,10 +38,17 @@ pub type SharedConfig = Arc<ArcSwap<Config>>;
 
 /// Builds the stack for the client listener. Server settings (body limit, timeouts,
 /// concurrency) are read once here; they change only with a restart.
+/// What the stack's layers share with the rest of the gateway.
+pub struct StackParts {
+    pub config: SharedConfig,
+    pub limiter: Limiter,
+    pub budgets: Budgets,
+    pub meter: Arc<Meter>,
+    pub upstream: UpstreamClient,
+}
+
 pub fn client_stack(
-    config: SharedConfig,
-    limiter: Limiter,
-    upstream: UpstreamClient,
+    parts: StackParts,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<
@@ -52,6 +61,14 @@ pub fn client_stack(
 > + Clone
        + Send
        + 'static {
+    let StackParts {
+        config,
+        limiter,
+        budgets,
+        meter,
+        upstream,
+    } = parts;
+    let metrics = meter.metrics.clone();
     let server = &config.load().server;
     ServiceBuilder::new()
         // hyper's body becomes the stack's one body type, drained if answered early.
@@ -63,7 +80,8 @@ pub fn client_stack(
             header::AUTHORIZATION,
             header::PROXY_AUTHORIZATION,
         ]))
-        // One span per request; it sees the final status, gateway errors included.
+        // One span per request. The access line itself is written by the meter when a forwarded
+        // body ends, or by the rescue for an answer of the gateway's own.
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<Body>| {
@@ -74,10 +92,10 @@ pub fn client_stack(
                         .unwrap_or("-");
                     tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
                 })
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
         )
         // Every error below becomes the SPEC §5 JSON response here, and only here.
-        .layer(RescueLayer)
+        .layer(RescueLayer::new(metrics))
         // Over `max_concurrent_requests`: 503 at once rather than a queue; a request counts
         // until its response body has ended.
         .layer(ConcurrencyLimitLayer::new(server.max_concurrent_requests))
@@ -86,14 +104,16 @@ pub fn client_stack(
         // Cheap checks first: a malformed or unknown path never meets authentication.
         .layer(RouteLayer)
         .layer(AuthenticateLayer::new(config.clone()))
-        .layer(AuthorizeLayer)
+        .layer(AuthorizeLayer::new(budgets))
         // Only authorized clients get to send bytes; then the body is bounded...
         .layer(BodyLimitLayer::new(server.max_body_bytes))
         // ...and the known routes are checked before any credit is spent.
         .layer(ValidateLayer)
         // Only requests that will be forwarded wait for, and take, an upstream slot.
         .layer(RateLimitLayer::new(limiter))
-        // Last: only the request that goes out carries the upstream key.
+        // Only the request that goes out carries the upstream key.
         .layer(UpstreamAuthLayer::new(config.clone()))
+        // Right above the upstream: sees its answer as it is, times the upstream alone.
+        .layer(MeterLayer::new(meter))
         .service(upstream)
 }

@@ -9,6 +9,7 @@ use futures_util::future::Either;
 use http::{header, Request, Response};
 use tower::{Layer, Service};
 
+use super::rescue::RequestNote;
 use super::{reject, EarlyOr};
 use crate::body::{Body, BoxError};
 use crate::config::{Client, KeyHash};
@@ -57,6 +58,9 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         match self.identify(&req) {
             Ok(client) => {
+                if let Some(note) = req.extensions().get::<Arc<RequestNote>>() {
+                    note.set_client(&client.id.0);
+                }
                 req.extensions_mut().insert(client);
                 Either::Right(self.inner.call(req))
             }

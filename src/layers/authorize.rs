@@ -1,5 +1,7 @@
-//! Authorization: the client's `allow` route patterns and `accounts` scope (403). Runs after
-//! authentication and routing, before anything reads the body or spends a credit.
+//! Authorization: the client's `allow` route patterns and `accounts` scope (403), then its credit
+//! budget (402): the call's expected cost is reserved here and travels on in the request's
+//! extensions until the meter settles it. Runs after authentication and routing, before anything
+//! reads the body or spends a credit.
 //!
 //! The `accounts` scope applies to paths that name an account; team paths such as
 //! `/api/whoami` are governed by `allow` alone.
@@ -14,22 +16,35 @@ use tower::{Layer, Service};
 use super::route::RouteInfo;
 use super::{reject, EarlyOr};
 use crate::body::{Body, BoxError};
+use crate::budget::Budgets;
 use crate::config::Client;
 use crate::error::GatewayError;
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AuthorizeLayer;
+#[derive(Clone, Default)]
+pub struct AuthorizeLayer {
+    budgets: Budgets,
+}
+
+impl AuthorizeLayer {
+    pub fn new(budgets: Budgets) -> Self {
+        Self { budgets }
+    }
+}
 
 impl<S> Layer<S> for AuthorizeLayer {
     type Service = Authorize<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Authorize { inner }
+        Authorize {
+            inner,
+            budgets: self.budgets.clone(),
+        }
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Authorize<S> {
     inner: S,
+    budgets: Budgets,
 }
 
 impl<S> Service<Request<Body>> for Authorize<S>
@@ -44,7 +59,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let (Some(client), Some(route)) = (
             req.extensions().get::<Arc<Client>>(),
             req.extensions().get::<RouteInfo>(),
@@ -72,6 +87,18 @@ where
                     client.id
                 )));
             }
+        }
+        let reservation = match self.budgets.reserve(client, &route.template) {
+            Ok(reservation) => reservation,
+            Err(exhausted) => {
+                return reject(GatewayError::BudgetExceeded(format!(
+                    "client {} has {exhausted}",
+                    client.id
+                )))
+            }
+        };
+        if let Some(reservation) = reservation {
+            req.extensions_mut().insert(Arc::new(reservation));
         }
         Either::Right(self.inner.call(req))
     }

@@ -25,6 +25,10 @@ impl RequestId {
     }
 }
 
+/// When the request arrived, for the total time on its log line.
+#[derive(Clone, Copy, Debug)]
+pub struct ReceivedAt(pub std::time::Instant);
+
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RequestIdLayer;
 
@@ -59,6 +63,8 @@ where
         };
         req.headers_mut().insert(X_REQUEST_ID, id.clone());
         req.extensions_mut().insert(RequestId(id.clone()));
+        req.extensions_mut()
+            .insert(ReceivedAt(std::time::Instant::now()));
         ResponseFuture {
             inner: self.inner.call(req),
             id: Some(id),

@@ -1,36 +1,75 @@
 //! The rescue: the one place where an error becomes an HTTP response. Everything below it may fail
 //! with a `BoxError` (a [`GatewayError`] for client faults, timeouts, upstream failures); above it
 //! the stack is infallible, as hyper wants.
+//!
+//! It also writes the log line and counts the request for the requests the gateway answered
+//! itself (the meter does both for forwarded calls): the layers below leave what they learned
+//! (client, route) in a [`RequestNote`] it put in the request.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::{HeaderValue, Request, Response};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use http::{HeaderValue, Method, Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::request_id::X_REQUEST_ID;
+use super::request_id::{ReceivedAt, X_REQUEST_ID};
 use crate::body::{Body, BoxError};
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RescueLayer;
+/// What the layers below learned about a request, for the log line of an early answer.
+#[derive(Debug, Default)]
+pub struct RequestNote {
+    client: OnceLock<Arc<str>>,
+    route: OnceLock<Arc<str>>,
+    /// The meter took the request: it logs and counts it.
+    forwarded: AtomicBool,
+}
+
+impl RequestNote {
+    pub fn set_client(&self, client: &Arc<str>) {
+        let _ = self.client.set(Arc::clone(client));
+    }
+    pub fn set_route(&self, route: &Arc<str>) {
+        let _ = self.route.set(Arc::clone(route));
+    }
+    pub fn mark_forwarded(&self) {
+        self.forwarded.store(true, Ordering::Relaxed);
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct RescueLayer {
+    metrics: Metrics,
+}
+
+impl RescueLayer {
+    pub fn new(metrics: Metrics) -> Self {
+        Self { metrics }
+    }
+}
 
 impl<S> Layer<S> for RescueLayer {
     type Service = Rescue<S>;
     fn layer(&self, inner: S) -> Self::Service {
         Rescue {
             inner,
+            metrics: self.metrics.clone(),
             not_ready: None,
         }
     }
 }
 
-#[derive(Debug)]
 pub struct Rescue<S> {
     inner: S,
+    metrics: Metrics,
     /// Why the inner service could not take the next request (it was shed).
     not_ready: Option<BoxError>,
 }
@@ -39,6 +78,7 @@ impl<S: Clone> Clone for Rescue<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            metrics: self.metrics.clone(),
             not_ready: None,
         }
     }
@@ -64,15 +104,64 @@ where
         }
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let request_id = req.headers().get(&X_REQUEST_ID).cloned();
+        let note = Arc::new(RequestNote::default());
+        req.extensions_mut().insert(Arc::clone(&note));
+        let early = Early {
+            note,
+            method: req.method().clone(),
+            received_at: req
+                .extensions()
+                .get::<ReceivedAt>()
+                .map_or_else(Instant::now, |r| r.0),
+            metrics: self.metrics.clone(),
+        };
         let state = match self.not_ready.take() {
             Some(error) => State::Failed { error: Some(error) },
             None => State::Called {
                 inner: self.inner.call(req),
             },
         };
-        ResponseFuture { state, request_id }
+        ResponseFuture {
+            state,
+            request_id,
+            early,
+        }
+    }
+}
+
+/// What the rescue needs to log and count a request it answers itself.
+struct Early {
+    note: Arc<RequestNote>,
+    method: Method,
+    received_at: Instant,
+    metrics: Metrics,
+}
+
+impl Early {
+    fn record(&self, error: &GatewayError, request_id: &str) {
+        let client = self.note.client.get().map_or("-", |c| &**c);
+        if let GatewayError::RateLimited { scope, .. } = error {
+            self.metrics.rate_limited(client, scope);
+        }
+        if self.note.forwarded.load(Ordering::Relaxed) {
+            return;
+        }
+        let route = self.note.route.get().map_or("-", |r| &**r);
+        let total = self.received_at.elapsed();
+        let status = error.status().as_u16();
+        self.metrics.request(client, route, status, total);
+        tracing::info!(
+            request_id,
+            client,
+            method = %self.method,
+            route,
+            status,
+            code = error.code(),
+            total_ms = total.as_millis() as u64,
+            "request refused"
+        );
     }
 }
 
@@ -81,6 +170,7 @@ pin_project! {
         #[pin]
         state: State<F>,
         request_id: Option<HeaderValue>,
+        early: Early,
     }
 }
 
@@ -120,6 +210,7 @@ where
         if error.status().is_server_error() {
             tracing::warn!(code = error.code(), error = %error, "request failed");
         }
+        this.early.record(&error, request_id);
         Poll::Ready(Ok(error.into_response(request_id)))
     }
 }

@@ -9,6 +9,7 @@ use futures_util::future::{ready, Either};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
+use super::rescue::RequestNote;
 use super::{reject, EarlyOr};
 use crate::body::{full, Body, BoxError};
 use crate::error::GatewayError;
@@ -77,6 +78,9 @@ where
             return reject(GatewayError::MethodNotAllowed);
         }
         let info = classify(req.method(), path);
+        if let Some(note) = req.extensions().get::<Arc<RequestNote>>() {
+            note.set_route(&info.template);
+        }
         req.extensions_mut().insert(info);
         Either::Right(self.inner.call(req))
     }

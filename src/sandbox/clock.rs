@@ -56,44 +56,9 @@ impl Clock for ManualClock {
     }
 }
 
-/// A UTC calendar date.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct CivilDate {
-    pub(crate) year: i64,
-    pub(crate) month: u32,
-    pub(crate) day: u32,
-}
-
-/// Days since 1970-01-01 → calendar date (Howard Hinnant's `civil_from_days`).
-pub(crate) fn civil_from_days(days: i64) -> CivilDate {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    CivilDate {
-        year,
-        // Both are in range by construction (1..=31, 1..=12).
-        month: u32::try_from(month).unwrap_or(1),
-        day: u32::try_from(day).unwrap_or(1),
-    }
-}
-
-/// Calendar date → days since 1970-01-01 (`days_from_civil`).
-pub(crate) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(month);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
+#[cfg(test)]
+use crate::calendar::CivilDate;
+pub(crate) use crate::calendar::{civil_from_days, days_from_civil};
 
 /// `2025-01-29T16:30:43+00:00`, the form the upstream uses for `cached_at`.
 pub(crate) fn format_rfc3339(ms: u64) -> String {

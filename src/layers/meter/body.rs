@@ -46,6 +46,17 @@ pub struct BodyEnd {
     pub bytes: u64,
 }
 
+impl BodyEnd {
+    /// The report of a call that never had a body (its request failed).
+    pub fn empty() -> Self {
+        Self {
+            found: MetaFound::default(),
+            outcome: BodyOutcome::Error,
+            bytes: 0,
+        }
+    }
+}
+
 /// Called once with the body's [`BodyEnd`].
 pub type OnEnd = Box<dyn FnOnce(BodyEnd) + Send>;
 

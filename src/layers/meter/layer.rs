@@ -1,0 +1,389 @@
+//! The meter layer: for every forwarded call, wraps the response body so that when it ends the
+//! call's credits (from `_meta`, else the `x-ofapi-*` headers) go to the access log line, the
+//! metrics, the ledger, the client's budget, the balance watch, and — for what the headers did not
+//! already say — the limiter. It sits right above the upstream client, so it sees the upstream's
+//! answer as it is and times the upstream alone.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use http::{header, HeaderMap, Method, Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use super::body::{BodyEnd, BodyOutcome, MeteredBody};
+use super::rewrite::NextPageRewriter;
+use crate::body::{boxed, Body, BoxError};
+use crate::budget::{Budgets, Reservation};
+use crate::config::Client;
+use crate::error::GatewayError;
+use crate::layers::request_id::{ReceivedAt, RequestId};
+use crate::layers::rescue::RequestNote;
+use crate::layers::route::RouteInfo;
+use crate::ledger::{Ledger, LedgerRow, Outcome};
+use crate::limiter::{Limiter, Ticket, UpstreamReport};
+use crate::metrics::Metrics;
+
+/// Everything the meter reports to. Shared by all requests.
+pub struct Meter {
+    pub metrics: Metrics,
+    pub ledger: Option<Ledger>,
+    pub limiter: Limiter,
+    pub budgets: Budgets,
+    /// `next_page` links that start with this (the upstream's base URL)...
+    pub upstream_base: String,
+    /// ...are pointed here instead (`server.public_url`).
+    pub public_url: String,
+    /// WARN once when the balance falls below this.
+    pub low_balance_warning: u64,
+    pub balance: Mutex<BalanceWatch>,
+}
+
+/// Follows the credit balance between answers.
+#[derive(Default)]
+pub struct BalanceWatch {
+    /// The balance the latest answer reported.
+    last: Option<u64>,
+    /// Whether the low-balance warning was given (it is given again after a top-up).
+    warned: bool,
+}
+
+#[derive(Clone)]
+pub struct MeterLayer {
+    meter: Arc<Meter>,
+}
+
+impl MeterLayer {
+    pub fn new(meter: Arc<Meter>) -> Self {
+        Self { meter }
+    }
+}
+
+impl<S> Layer<S> for MeterLayer {
+    type Service = Metered<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Metered {
+            inner,
+            meter: self.meter.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Metered<S> {
+    inner: S,
+    meter: Arc<Meter>,
+}
+
+/// What is known of a call before it goes out.
+struct Call {
+    request_id: String,
+    client: Arc<str>,
+    method: Method,
+    route: Arc<str>,
+    account: Option<String>,
+    ticket: Option<Ticket>,
+    reservation: Option<Arc<Reservation>>,
+    received_at: Instant,
+    sent_at: Instant,
+}
+
+/// What the answer's headers said (SPEC §2): the fallback when the body has no `_meta`.
+#[derive(Clone, Copy, Default)]
+struct HeaderFacts {
+    used: Option<u64>,
+    balance: Option<u64>,
+    cached: Option<bool>,
+    limit: Option<u32>,
+    remaining: Option<u32>,
+}
+
+impl HeaderFacts {
+    fn read(headers: &HeaderMap) -> Self {
+        fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        }
+        Self {
+            used: text(headers, "x-ofapi-credits-used").and_then(|v| v.parse().ok()),
+            balance: text(headers, "x-ofapi-credits-balance").and_then(|v| v.parse().ok()),
+            cached: text(headers, "x-ofapi-is-cached").and_then(|v| v.parse().ok()),
+            limit: text(headers, "x-rate-limit-limit-minute").and_then(|v| v.parse().ok()),
+            remaining: text(headers, "x-rate-limit-remaining-minute").and_then(|v| v.parse().ok()),
+        }
+    }
+}
+
+impl<S> Service<Request<Body>> for Metered<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let ext = req.extensions();
+        if let Some(note) = ext.get::<Arc<RequestNote>>() {
+            note.mark_forwarded();
+        }
+        let route = ext.get::<RouteInfo>();
+        let now = Instant::now();
+        let call = Call {
+            request_id: ext
+                .get::<RequestId>()
+                .map_or_else(|| "-".to_owned(), |id| id.as_str().to_owned()),
+            client: ext
+                .get::<Arc<Client>>()
+                .map_or_else(|| Arc::from("-"), |c| Arc::clone(&c.id.0)),
+            method: req.method().clone(),
+            route: route.map_or_else(|| Arc::from("-"), |r| Arc::clone(&r.template)),
+            account: route.and_then(|r| r.account.clone()),
+            ticket: ext.get::<Ticket>().copied(),
+            reservation: ext.get::<Arc<Reservation>>().cloned(),
+            received_at: ext.get::<ReceivedAt>().map_or(now, |r| r.0),
+            sent_at: now,
+        };
+        ResponseFuture {
+            inner: self.inner.call(req),
+            call: Some(call),
+            meter: self.meter.clone(),
+        }
+    }
+}
+
+pin_project! {
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        call: Option<Call>,
+        meter: Arc<Meter>,
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, BoxError>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let Some(call) = this.call.take() else {
+            return Poll::Ready(result);
+        };
+        Poll::Ready(match result {
+            Ok(response) => Ok(Meter::wrap(this.meter.clone(), call, response)),
+            Err(error) => {
+                let status = GatewayError::status_of(&error);
+                this.meter.record(
+                    &call,
+                    status,
+                    None,
+                    Outcome::Error,
+                    HeaderFacts::default(),
+                    BodyEnd::empty(),
+                );
+                Err(error)
+            }
+        })
+    }
+}
+
+impl Meter {
+    /// Wraps the body so the call is recorded when it ends.
+    fn wrap(meter: Arc<Self>, call: Call, response: Response<Body>) -> Response<Body> {
+        let upstream_ms = call.sent_at.elapsed().as_millis() as u64;
+        let (mut parts, body) = response.into_parts();
+        let facts = HeaderFacts::read(&parts.headers);
+        let json = is_json(&parts.headers);
+        // Only list pages carry `next_page`; rewriting other answers would cost them their
+        // Content-Length for nothing.
+        let rewriter = (json && call.method == Method::GET)
+            .then(|| NextPageRewriter::new(&meter.upstream_base, &meter.public_url))
+            .filter(NextPageRewriter::may_change_length);
+        if rewriter.is_some() {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        let status = parts.status;
+        let body = MeteredBody::new(body, json, rewriter, move |end| {
+            meter.record(
+                &call,
+                status,
+                Some(upstream_ms),
+                outcome(end.outcome),
+                facts,
+                end,
+            );
+        });
+        Response::from_parts(parts, boxed(body))
+    }
+
+    /// The one record of a forwarded call: log line, metrics, ledger row, budget, limiter.
+    fn record(
+        &self,
+        call: &Call,
+        status: StatusCode,
+        upstream_ms: Option<u64>,
+        outcome: Outcome,
+        headers: HeaderFacts,
+        end: BodyEnd,
+    ) {
+        let found = end.found;
+        let used = found.credits_used.or(headers.used);
+        let balance = found.balance.or(headers.balance);
+        let cached = found.is_cached.or(headers.cached);
+        let limit = headers.limit.or(found.limit_minute);
+        let remaining = headers.remaining.or(found.remaining_minute);
+        let total = call.received_at.elapsed();
+
+        // The rate-limit layer already acted on the headers; the body adds what they lacked.
+        if let Some(ticket) = call.ticket {
+            self.limiter.observe(
+                ticket,
+                UpstreamReport {
+                    limit_minute: headers
+                        .limit
+                        .is_none()
+                        .then_some(found.limit_minute)
+                        .flatten(),
+                    remaining_minute: headers
+                        .remaining
+                        .is_none()
+                        .then_some(found.remaining_minute)
+                        .flatten(),
+                    cached: headers.cached.is_none() && found.is_cached == Some(true),
+                },
+            );
+        }
+
+        let (client, route) = (&*call.client, &*call.route);
+        if limit.is_some() || remaining.is_some() {
+            self.metrics.upstream_rate_limit(limit, remaining);
+        }
+        match used {
+            Some(used) => self.metrics.credits(client, route, used),
+            None if outcome != Outcome::Error
+                && !status.is_client_error()
+                && !status.is_server_error() =>
+            {
+                self.metrics.credits_unknown(client, route);
+            }
+            None => {}
+        }
+        if let Some(balance) = balance {
+            self.metrics.balance(balance);
+            self.watch_balance(balance, used.unwrap_or(0));
+        }
+        if let Some(reservation) = &call.reservation {
+            match used {
+                Some(used) => reservation.settle(used),
+                // Answered but silent about its cost: charge what was expected, to stay safe.
+                None if outcome == Outcome::Complete && status.is_success() => {
+                    reservation.settle(reservation.amount());
+                }
+                // Failed or refused upstream: the reservation is released when dropped.
+                None => {}
+            }
+            if let Some((spent, left)) = self
+                .budgets
+                .status(&crate::config::ClientId(Arc::clone(&call.client)))
+            {
+                self.metrics.budget(client, spent, Some(left));
+            }
+        }
+        if let Some(ledger) = &self.ledger {
+            ledger.record(LedgerRow {
+                ts_ms: crate::calendar::now_ms(),
+                request_id: call.request_id.clone(),
+                client: client.to_owned(),
+                method: call.method.to_string(),
+                route: route.to_owned(),
+                account: call.account.clone(),
+                status: status.as_u16(),
+                credits_used: used,
+                balance,
+                cached,
+                duration_ms: total.as_millis() as u64,
+                outcome,
+            });
+            self.metrics.ledger_dropped(ledger.dropped());
+        }
+        self.metrics.request(client, route, status.as_u16(), total);
+        tracing::info!(
+            request_id = %call.request_id,
+            client,
+            method = %call.method,
+            route,
+            account = call.account.as_deref(),
+            status = status.as_u16(),
+            credits_used = used,
+            credit_balance = balance,
+            cached,
+            upstream_ms,
+            total_ms = total.as_millis() as u64,
+            outcome = outcome.as_str(),
+            bytes = end.bytes,
+            "request"
+        );
+    }
+
+    /// Warns once when the balance crosses below the threshold, and counts credits that left
+    /// the balance without being charged to a call through the gateway.
+    fn watch_balance(&self, balance: u64, used: u64) {
+        let mut watch = self.balance.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(last) = watch.last {
+            // Between two answers the balance should drop by exactly this answer's charge;
+            // more means someone spent elsewhere. (A rise is a top-up, or answers that
+            // crossed: start over from here.)
+            let expected = last.saturating_sub(used);
+            if balance < expected {
+                self.metrics.unattributed_credits(expected - balance);
+            }
+        }
+        if balance >= self.low_balance_warning {
+            watch.warned = false;
+        } else if !watch.warned {
+            watch.warned = true;
+            tracing::warn!(
+                credit_balance = balance,
+                threshold = self.low_balance_warning,
+                "credit balance is below credits.low_balance_warning"
+            );
+        }
+        watch.last = Some(balance);
+    }
+}
+
+fn outcome(outcome: BodyOutcome) -> Outcome {
+    match outcome {
+        BodyOutcome::Complete => Outcome::Complete,
+        BodyOutcome::Dropped => Outcome::Cut,
+        BodyOutcome::Error => Outcome::Cut,
+    }
+}
+
+/// A JSON answer that is not content-encoded: the only kind whose `_meta` can be read.
+fn is_json(headers: &HeaderMap) -> bool {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim();
+            mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json")
+        });
+    json && headers
+        .get(header::CONTENT_ENCODING)
+        .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
