@@ -137,3 +137,29 @@ async fn an_upstream_429_becomes_the_gateways_own_and_pauses_every_client() {
     })
     .await
 }
+
+#[tokio::test]
+async fn the_limit_is_learned_from_meta_when_the_headers_say_nothing() {
+    bounded(20, async {
+        // The fixture's `_meta._rate_limits.limit_minute` is 5000; no rate headers at all.
+        let mock = MockUpstream::start(|_| Reply::json(200, FIXTURE)).await;
+        let (gw, _dir) = gateway(&mock, 100_000, Duration::from_secs(2)).await;
+        let client = HttpClient::http1();
+        let first = get(&client, &gw, ACCOUNTS_KEY).await;
+        assert_eq!(first.status, 200);
+        assert_eq!(
+            first.header("ratelimit-limit"),
+            Some("900"),
+            "the configured 1000 × 0.9"
+        );
+        // The first body was read to its end, so its `_meta` has been seen.
+        let second = get(&client, &gw, ACCOUNTS_KEY).await;
+        assert_eq!(
+            second.header("ratelimit-limit"),
+            Some("4500"),
+            "floor(5000 × 0.9)"
+        );
+        gw.shutdown().await;
+    })
+    .await
+}
