@@ -45,6 +45,9 @@ pub struct Gateway {
     /// The in-process sandbox upstream, when the config has a `[sandbox]` table.
     pub sandbox_addr: Option<SocketAddr>,
     config: SharedConfig,
+    /// The client listener's TLS acceptor, swapped on reload so new connections get the new
+    /// certificate (present only when the gateway started with TLS).
+    tls: Option<Arc<ArcSwap<TlsAcceptor>>>,
     /// Kept to apply reloaded limits and budgets.
     limiter: Limiter,
     budgets: Budgets,
@@ -97,11 +100,11 @@ impl Gateway {
         };
         let upstream = UpstreamClient::new(&config.upstream, &base_url)?;
         let grace = config.server.shutdown_grace;
-        let tls = config
-            .server
-            .tls
-            .as_ref()
-            .map(|tls| TlsAcceptor::from(Arc::clone(&tls.server_config)));
+        let tls = config.server.tls.as_ref().map(|tls| {
+            Arc::new(ArcSwap::from_pointee(TlsAcceptor::from(Arc::clone(
+                &tls.server_config,
+            ))))
+        });
         let client_listener = bind(config.server.listen, "server.listen").await?;
         let admin_listener = bind(config.admin.listen, "admin.listen").await?;
         let client_addr = client_listener.local_addr()?;
@@ -138,7 +141,7 @@ impl Gateway {
         let admin_service = admin::service(config.clone(), ready.clone());
         let client_task = tokio::spawn(accept_loop(
             client_listener,
-            tls,
+            tls.clone(),
             client_service,
             client_stopped,
             grace,
@@ -155,6 +158,7 @@ impl Gateway {
             admin_addr,
             sandbox_addr,
             config,
+            tls,
             limiter,
             budgets,
             ledger,
@@ -172,9 +176,10 @@ impl Gateway {
         self.config.load_full()
     }
 
-    /// Puts a new configuration in force for the next requests: clients, keys, scopes, limits
-    /// and the upstream key. Listener addresses, TLS and upstream connection settings need a restart;
-    /// the return value names those that changed.
+    /// Puts a new configuration in force for the next requests: clients, keys, scopes, limits,
+    /// budgets, the upstream key, and the TLS certificate (for new connections). Listener
+    /// addresses, turning TLS on or off, server limits and upstream connection settings need a
+    /// restart; the return value names those that changed.
     pub fn reload(&self, new: Config) -> Vec<&'static str> {
         let old = self.config.load();
         let mut needs_restart = Vec::new();
@@ -184,8 +189,12 @@ impl Gateway {
         if old.admin.listen != new.admin.listen {
             needs_restart.push("admin.listen");
         }
-        if old.server.tls.is_some() != new.server.tls.is_some() {
-            needs_restart.push("server.tls_cert/tls_key");
+        match (&self.tls, &new.server.tls) {
+            (Some(acceptor), Some(tls)) => {
+                acceptor.store(Arc::new(TlsAcceptor::from(Arc::clone(&tls.server_config))));
+            }
+            (None, None) => {}
+            _ => needs_restart.push("server.tls_cert/tls_key"),
         }
         let (a, b) = (&old.upstream, &new.upstream);
         if a.base_url != b.base_url {
@@ -250,7 +259,7 @@ async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, BoxError> {
 /// Accepts connections until told to stop, then drains them for at most `grace`.
 async fn accept_loop<S, B>(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ArcSwap<TlsAcceptor>>>,
     service: S,
     mut stopped: watch::Receiver<bool>,
     grace: Duration,
@@ -287,7 +296,7 @@ async fn accept_loop<S, B>(
                 let service = TowerToHyperService::new(service.clone());
                 let watcher = graceful.watcher();
                 let builder = builder.clone();
-                let tls = tls.clone();
+                let tls = tls.as_ref().map(|acceptor| acceptor.load_full());
                 // Reap finished connection tasks so the set does not grow.
                 while connections.try_join_next().is_some() {}
                 connections.spawn(async move {

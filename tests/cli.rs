@@ -7,16 +7,12 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Output;
 use std::time::Duration;
 
+use support::process::*;
 use support::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ofapi-gateway");
+use tokio::process::Command;
 
 fn hash(key: &str) -> String {
     sha256_hex(key.as_bytes())
@@ -77,19 +73,6 @@ fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn command(config: &Path, dir: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--config")
-        .arg(config)
-        .current_dir(dir)
-        .env_remove("OFAPI_GATEWAY_CONFIG")
-        .env_remove("ONLYFANSAPI_API_KEY")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd
 }
 
 async fn run(mut cmd: Command) -> Output {
@@ -263,69 +246,6 @@ async fn keygen_refuses_a_bad_client_name() {
     assert!(text(&out.stderr).contains("name"), "{}", text(&out.stderr));
 }
 
-/// A running `serve` child whose output lines are collected and can be waited for.
-struct Served {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    rx: mpsc::UnboundedReceiver<String>,
-}
-
-impl Served {
-    fn spawn(mut cmd: Command) -> Self {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn serve");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::unbounded_channel();
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        for (stream, label) in [
-            (
-                Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-                "stdout",
-            ),
-            (Box::new(stderr), "stderr"),
-        ] {
-            let lines = lines.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = reader.next_line().await {
-                    lines.lock().unwrap().push(format!("{label}: {line}"));
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        Self { child, lines, rx }
-    }
-
-    /// The next output line satisfying `pred`.
-    async fn wait_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let lines = self.lines.clone();
-        tokio::time::timeout(Duration::from_secs(20), async {
-            while let Some(line) = self.rx.recv().await {
-                if pred(&line) {
-                    return line;
-                }
-            }
-            panic!(
-                "output ended before {what}:\n{}",
-                lines.lock().unwrap().join("\n")
-            )
-        })
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "no {what} within 20s:\n{}",
-                self.lines.lock().unwrap().join("\n")
-            )
-        })
-    }
-
-    fn output(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_logs_ready_proxies_drains_on_sigterm_and_never_logs_a_key() {
     bounded(60, async {
@@ -442,7 +362,7 @@ async fn serve_logs_ready_proxies_drains_on_sigterm_and_never_logs_a_key() {
             .expect("serve exits after the drain")
             .unwrap();
         // Let the readers reach the end of both streams.
-        while served.rx.recv().await.is_some() {}
+        served.output_closed().await;
         let output = served.output();
         assert!(status.success(), "exit {status:?}:\n{output}");
         assert!(

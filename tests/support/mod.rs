@@ -8,6 +8,8 @@
 // Each test binary uses a different part of the harness; a harness may panic on any failure.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod process;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;

@@ -1,0 +1,118 @@
+//! Running the real binary: a `serve` child whose output lines are collected and waited for
+//! (readiness and reload lines instead of sleeps), and signals sent to it.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ofapi-gateway");
+
+/// The binary with `--config config`, run in `dir`, with a clean environment for its settings.
+pub fn command(config: &Path, dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config")
+        .arg(config)
+        .current_dir(dir)
+        .env_remove("OFAPI_GATEWAY_CONFIG")
+        .env_remove("ONLYFANSAPI_API_KEY")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// A running `serve` child whose output lines are collected and can be waited for.
+pub struct Served {
+    pub child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    rx: mpsc::UnboundedReceiver<String>,
+}
+
+impl Served {
+    pub fn spawn(mut cmd: Command) -> Self {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn serve");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        for (stream, label) in [
+            (
+                Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                "stdout",
+            ),
+            (Box::new(stderr), "stderr"),
+        ] {
+            let lines = lines.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    lines.lock().unwrap().push(format!("{label}: {line}"));
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Self { child, lines, rx }
+    }
+
+    /// The next output line satisfying `pred`.
+    pub async fn wait_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let lines = self.lines.clone();
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = self.rx.recv().await {
+                if pred(&line) {
+                    return line;
+                }
+            }
+            panic!(
+                "output ended before {what}:\n{}",
+                lines.lock().unwrap().join("\n")
+            )
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no {what} within 20s:\n{}",
+                self.lines.lock().unwrap().join("\n")
+            )
+        })
+    }
+
+    pub fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Served {
+    /// Waits until the child has closed its output (it is exiting).
+    pub async fn output_closed(&mut self) {
+        while self.rx.recv().await.is_some() {}
+    }
+
+    /// Sends `signal` (`HUP`, `TERM`, `KILL`, ...) to the child.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("child still running");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    /// Waits for the `ofapi-gateway ready` line; returns the client and admin addresses.
+    pub async fn ready(&mut self) -> (std::net::SocketAddr, std::net::SocketAddr) {
+        let line = self
+            .wait_line("the ready line", |l| l.contains("ofapi-gateway ready"))
+            .await;
+        let json: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+        let addr = |field: &str| json[field].as_str().expect(field).parse().expect(field);
+        (addr("client"), addr("admin"))
+    }
+}
