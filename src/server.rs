@@ -102,7 +102,12 @@ impl Gateway {
         let config: SharedConfig = Arc::new(ArcSwap::from_pointee(config));
         let ready = Arc::new(AtomicBool::new(true));
         let client_service = stack::client_stack(config.clone(), limiter.clone(), upstream);
-        let admin_service = admin::service(config.clone(), ready.clone());
+        let admin_service = admin::service(admin::AdminState {
+            config: config.clone(),
+            ready: ready.clone(),
+            metrics: crate::metrics::Metrics::new(),
+            ledger: None,
+        });
         let client_task = tokio::spawn(accept_loop(
             client_listener,
             tls,
