@@ -1,5 +1,6 @@
 //! The command line (SPEC §3) and the small glue of each subcommand. Output meant for people
-//! (`check`'s summary, `keygen`'s key) goes to stdout; errors go to stderr as one line.
+//! (`check`'s summary, `keygen`'s key, `usage`'s report) goes to stdout; errors go to stderr as
+//! one line.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -11,7 +12,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::body::BoxError;
-use crate::config::{self, Config, KeyHash};
+use crate::config::{self, Config, ConfigError, KeyHash};
+use crate::ledger::{self, Format, GroupBy};
 use crate::sandbox::{self, SandboxOptions};
 use crate::server::Gateway;
 
@@ -55,6 +57,29 @@ pub enum Command {
         #[arg(long)]
         name: String,
     },
+    /// Report credit spend from the ledger, grouped by client, account, route or day.
+    #[command(
+        long_about = "Report credit spend from the ledger, grouped by client, account, route or \
+                      day.\n\nReads only [ledger] path from the config file: no secret needs to \
+                      be set, and it can run next to a running gateway. Calls whose credits the \
+                      upstream did not report are counted apart (unknown_credits), not as 0.",
+        after_help = "Examples:\n  \
+                      ofapi-gateway usage\n  \
+                      ofapi-gateway usage --since 7d --by route\n  \
+                      ofapi-gateway usage --since 2026-11-01 --by day --format csv > spend.csv"
+    )]
+    Usage {
+        /// Start of the period: a duration back from now (24h, 7d, 90m), a UTC date
+        /// (2026-11-01) or an RFC 3339 timestamp (2026-11-01T12:00:00Z).
+        #[arg(long, default_value = "24h", value_name = "24h|7d|DATE")]
+        since: String,
+        /// What each row is: a client, an account, a route template or a UTC day.
+        #[arg(long, value_enum, default_value_t = UsageBy::Client)]
+        by: UsageBy,
+        /// Aligned columns with a total, one JSON object, or CSV (header line, no total).
+        #[arg(long, value_enum, default_value_t = UsageFormat::Table)]
+        format: UsageFormat,
+    },
     /// Run a local stand-in for the upstream (Fansly tracking links), for trying and testing.
     Sandbox {
         /// Address to listen on.
@@ -77,12 +102,55 @@ pub enum Command {
     },
 }
 
+/// `usage --by`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum UsageBy {
+    Client,
+    Account,
+    Route,
+    Day,
+}
+
+impl From<UsageBy> for GroupBy {
+    fn from(by: UsageBy) -> Self {
+        match by {
+            UsageBy::Client => GroupBy::Client,
+            UsageBy::Account => GroupBy::Account,
+            UsageBy::Route => GroupBy::Route,
+            UsageBy::Day => GroupBy::Day,
+        }
+    }
+}
+
+/// `usage --format`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum UsageFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+impl From<UsageFormat> for Format {
+    fn from(format: UsageFormat) -> Self {
+        match format {
+            UsageFormat::Table => Format::Table,
+            UsageFormat::Json => Format::Json,
+            UsageFormat::Csv => Format::Csv,
+        }
+    }
+}
+
 impl Cli {
     /// Runs the command; the exit code is 0 on success, 1 on any error (printed as one line).
     pub fn run(self) -> ExitCode {
         let result = match self.command {
             Command::Check => check(&self.config),
             Command::Keygen { ref name } => keygen(name),
+            Command::Usage {
+                ref since,
+                by,
+                format,
+            } => usage(&self.config, since, by.into(), format.into()),
             Command::Serve => {
                 init_tracing(self.log_format);
                 runtime().and_then(|rt| rt.block_on(serve(&self.config)))
@@ -174,6 +242,47 @@ fn keygen(name: &str) -> Result<(), BoxError> {
     Ok(())
 }
 
+#[allow(clippy::print_stdout)]
+fn usage(config: &Path, since: &str, by: GroupBy, format: Format) -> Result<(), BoxError> {
+    let path = ledger_path(config)?;
+    let since_ms =
+        ledger::parse_since(since, ledger::now_ms()).map_err(|e| format!("--since: {e}"))?;
+    let report = ledger::usage(&path, since_ms, by)?;
+    print!("{}", report.render(format));
+    Ok(())
+}
+
+/// `[ledger] path` from the config file, defaulting as `config::load` does, without validating
+/// the rest: reading the ledger needs neither the upstream key nor any other secret. Relative
+/// paths are relative to the working directory, as for `serve`.
+fn ledger_path(config: &Path) -> Result<PathBuf, ConfigError> {
+    /// The one key `usage` needs; everything else in the file is ignored here.
+    #[derive(serde::Deserialize)]
+    struct File {
+        ledger: Option<LedgerSection>,
+    }
+    #[derive(serde::Deserialize)]
+    struct LedgerSection {
+        path: Option<String>,
+    }
+    let text = std::fs::read_to_string(config)
+        .map_err(|e| ConfigError::new(config, "(file)", format!("cannot read: {e}")))?;
+    let file: File = toml::from_str(&text).map_err(|e| {
+        ConfigError::new(config, "(file)", format!("not valid TOML: {}", e.message()))
+    })?;
+    let path = file
+        .ledger
+        .and_then(|l| l.path)
+        .unwrap_or_else(|| DEFAULT_LEDGER_PATH.to_owned());
+    if path.trim().is_empty() {
+        return Err(ConfigError::new(config, "ledger.path", "must not be empty"));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// The `[ledger] path` when the file has none (the same default `config::load` applies).
+const DEFAULT_LEDGER_PATH: &str = "data/ledger.sqlite";
+
 async fn serve(path: &Path) -> Result<(), BoxError> {
     let config = config::load(path)?;
     let demo = demo_curl(&config);
@@ -263,4 +372,55 @@ async fn run_sandbox(listen: SocketAddr, options: SandboxOptions) -> Result<(), 
     };
     sandbox::serve(listener, options, shutdown).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_finds_the_same_ledger_path_as_the_full_config_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = |_: &str| Some("upstream-key".to_owned());
+        for text in ["", "[ledger]\npath = \"elsewhere/l.sqlite\"\n"] {
+            let file = dir.path().join("gateway.toml");
+            std::fs::write(&file, text).unwrap();
+            let full = config::load_with_env(&file, &key).unwrap();
+            assert_eq!(ledger_path(&file).unwrap(), full.ledger.path, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn usage_reads_the_ledger_path_without_any_secret_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gateway.toml");
+        let text = "[upstream]\napi_key_env = \"OFGW_TEST_NEVER_SET_9f3a\"\n\
+                    [admin]\ntoken_env = \"OFGW_TEST_NEVER_SET_9f3b\"\n\
+                    [ledger]\npath = \"/var/lib/ofgw/ledger.sqlite\"\n";
+        std::fs::write(&file, text).unwrap();
+        assert_eq!(
+            ledger_path(&file).unwrap(),
+            PathBuf::from("/var/lib/ofgw/ledger.sqlite")
+        );
+    }
+
+    #[test]
+    fn usage_refuses_an_unreadable_or_broken_config_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        let err = ledger_path(&missing).unwrap_err().to_string();
+        assert!(
+            err.contains("nope.toml") && err.contains("cannot read"),
+            "{err}"
+        );
+
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(&file, "[ledger\n").unwrap();
+        let err = ledger_path(&file).unwrap_err().to_string();
+        assert!(err.contains("not valid TOML"), "{err}");
+
+        std::fs::write(&file, "[ledger]\npath = \" \"\n").unwrap();
+        let err = ledger_path(&file).unwrap_err().to_string();
+        assert!(err.contains("ledger.path: must not be empty"), "{err}");
+    }
 }

@@ -17,7 +17,7 @@
 //! - [`limiter`]: the shared upstream budget, per-client limits and the fair queue.
 //! - [`metrics`]: the Prometheus metric families behind the admin `/metrics`.
 //! - [`upstream`]: the pooled HTTPS client and the header hygiene of a proxy.
-//! - [`admin`]: the admin listener (`/healthz`, `/readyz`).
+//! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/usage`).
 //! - [`ledger`]: the credit ledger (SQLite, one batching writer thread) and the usage reports.
 //! - [`sandbox`]: a faithful local stand-in for the upstream.
 //! - [`budget`]: per-client credit budgets, with reservations so concurrency cannot overshoot.

@@ -138,7 +138,12 @@ impl Gateway {
             meter,
             upstream,
         });
-        let admin_service = admin::service(config.clone(), ready.clone());
+        let admin_service = admin::service(admin::AdminState {
+            config: config.clone(),
+            ready: ready.clone(),
+            metrics: metrics.clone(),
+            ledger: Some(ledger.clone()),
+        });
         let client_task = tokio::spawn(accept_loop(
             client_listener,
             tls.clone(),
