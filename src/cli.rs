@@ -48,7 +48,11 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway until SIGTERM or SIGINT (graceful drain); SIGHUP reloads clients and limits.
-    Serve,
+    Serve {
+        /// Benchmarks only: forward without reading credits (no ledger rows, metrics or budgets).
+        #[arg(long, hide = true)]
+        no_metering: bool,
+    },
     /// Validate the configuration and the secrets it names, and print a summary.
     Check,
     /// Print a new random client key once, and the [[clients]] block (holding only its SHA-256).
@@ -151,9 +155,9 @@ impl Cli {
                 by,
                 format,
             } => usage(&self.config, since, by.into(), format.into()),
-            Command::Serve => {
+            Command::Serve { no_metering } => {
                 init_tracing(self.log_format);
-                runtime().and_then(|rt| rt.block_on(serve(&self.config)))
+                runtime().and_then(|rt| rt.block_on(serve(&self.config, !no_metering)))
             }
             Command::Sandbox {
                 listen,
@@ -283,10 +287,13 @@ fn ledger_path(config: &Path) -> Result<PathBuf, ConfigError> {
 /// The `[ledger] path` when the file has none (the same default `config::load` applies).
 const DEFAULT_LEDGER_PATH: &str = "data/ledger.sqlite";
 
-async fn serve(path: &Path) -> Result<(), BoxError> {
+async fn serve(path: &Path, metering: bool) -> Result<(), BoxError> {
     let config = config::load(path)?;
     let demo = demo_curl(&config);
-    let gateway = Gateway::start(config).await?;
+    let gateway = Gateway::start_with(config, metering).await?;
+    if !metering {
+        tracing::warn!("metering is off (--no-metering): credits are not recorded");
+    }
     tracing::info!(
         client = %gateway.client_addr,
         admin = %gateway.admin_addr,

@@ -68,6 +68,13 @@ pub struct Gateway {
 impl Gateway {
     /// Binds every listener and starts serving; returns once all of them accept connections.
     pub async fn start(config: Config) -> Result<Self, BoxError> {
+        Self::start_with(config, true).await
+    }
+
+    /// [`Gateway::start`], with metering off when `metering` is false: calls are forwarded but
+    /// their credits are not read (no log line, ledger row, metric or budget). Only for
+    /// measuring what metering costs.
+    pub async fn start_with(config: Config, metering: bool) -> Result<Self, BoxError> {
         let (stop_client, client_stopped) = watch::channel(false);
         let (stop_rest, rest_stopped) = watch::channel(false);
         let mut other_tasks = Vec::new();
@@ -136,6 +143,7 @@ impl Gateway {
             limiter: limiter.clone(),
             budgets: budgets.clone(),
             meter,
+            metering,
             upstream,
         });
         let admin_service = admin::service(admin::AdminState {

@@ -44,6 +44,8 @@ pub struct StackParts {
     pub limiter: Limiter,
     pub budgets: Budgets,
     pub meter: Arc<Meter>,
+    /// Off only to measure what metering costs (`serve --no-metering`, benchmarks).
+    pub metering: bool,
     pub upstream: UpstreamClient,
 }
 
@@ -66,6 +68,7 @@ pub fn client_stack(
         limiter,
         budgets,
         meter,
+        metering,
         upstream,
     } = parts;
     let metrics = meter.metrics.clone();
@@ -114,6 +117,6 @@ pub fn client_stack(
         // Only the request that goes out carries the upstream key.
         .layer(UpstreamAuthLayer::new(config.clone()))
         // Right above the upstream: sees its answer as it is, times the upstream alone.
-        .layer(MeterLayer::new(meter))
+        .option_layer(metering.then(|| MeterLayer::new(meter)))
         .service(upstream)
 }
