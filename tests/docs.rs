@@ -17,8 +17,7 @@ fn accepted(section: &str, array: bool) -> BTreeSet<String> {
     };
     let text = format!("{header}\nno_such_key_here = 1\n");
     let error = config::parse_str(Path::new("t.toml"), &text, &|_| Some("k".into()))
-        .err()
-        .expect("an unknown key is refused")
+        .expect_err("an unknown key is refused")
         .to_string();
     let list = error
         .split_once("expected one of")
