@@ -41,19 +41,16 @@ impl Served {
         let (tx, rx) = mpsc::unbounded_channel();
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
-        for (stream, label) in [
-            (
-                Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-                "stdout",
-            ),
-            (Box::new(stderr), "stderr"),
+        for stream in [
+            Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(stderr),
         ] {
             let lines = lines.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut reader = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = reader.next_line().await {
-                    lines.lock().unwrap().push(format!("{label}: {line}"));
+                    lines.lock().unwrap().push(line.clone());
                     let _ = tx.send(line);
                 }
             });
@@ -90,6 +87,23 @@ impl Served {
 }
 
 impl Served {
+    /// Every output line so far (stdout and stderr, in arrival order).
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits for the child to exit and its output to end; returns its status and every line.
+    pub async fn finish(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("the child exits")
+            .expect("wait for the child");
+        tokio::time::timeout(Duration::from_secs(10), self.output_closed())
+            .await
+            .expect("its output ends");
+        (status, self.lines())
+    }
+
     /// Waits until the child has closed its output (it is exiting).
     pub async fn output_closed(&mut self) {
         while self.rx.recv().await.is_some() {}
