@@ -1,0 +1,110 @@
+//! Micro-benchmarks of the pieces every request goes through (issue 6): the key lookup, the
+//! path check and route template, the `_meta` scanner (per MB of response), and the limiter's
+//! slot check. Criterion reports time per operation; compare runs on the same machine.
+//!
+//!     cargo bench --bench hot_path
+
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use http::Method;
+use ofapi_gateway::config::{self, KeyHash};
+use ofapi_gateway::layers::authenticate::bearer_token;
+use ofapi_gateway::layers::meter::scan::MetaScanner;
+use ofapi_gateway::layers::route::{check_path, classify};
+use ofapi_gateway::limiter::Limiter;
+
+const PATH: &str = "/api/fansly/fansly_acct_123/tracking-links/845759434926862336";
+const FIXTURE: &str = include_str!("../src/sandbox/fixtures/update-tracking-link.200.json");
+
+fn config(clients: usize) -> config::Config {
+    let mut toml = String::from(
+        "[upstream]\napi_key_env = \"K\"\n[rate_limit]\nrequests_per_minute = 100000000\nheadroom = 1.0\n",
+    );
+    for i in 0..clients {
+        let hash = hex_of(&KeyHash::of_key(&format!("ofgw_bench_key_{i}")).0);
+        toml.push_str(&format!(
+            "[[clients]]\nname = \"client-{i}\"\nkey_sha256 = \"{hash}\"\n"
+        ));
+    }
+    config::parse_str(Path::new("bench.toml"), &toml, &|_| Some("k".into()))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn key_lookup(c: &mut Criterion) {
+    let mut group = c.benchmark_group("authenticate");
+    for clients in [1, 100, 10_000] {
+        let config = config(clients);
+        let header = format!("Bearer ofgw_bench_key_{}", clients / 2);
+        group.bench_with_input(
+            BenchmarkId::new("parse+sha256+lookup", clients),
+            &header,
+            |b, header| {
+                b.iter(|| {
+                    let key = bearer_token(header.as_bytes()).unwrap_or_default();
+                    config.clients.lookup(&KeyHash::of_key(key)).is_some()
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+fn routing(c: &mut Criterion) {
+    c.bench_function("route/check_path", |b| {
+        b.iter(|| check_path(std::hint::black_box(PATH)))
+    });
+    c.bench_function("route/classify", |b| {
+        b.iter(|| classify(&Method::PUT, std::hint::black_box(PATH)))
+    });
+}
+
+fn meta_scanner(c: &mut Criterion) {
+    // One MB of list data in front of the fixture's `_meta`, fed in 16 KiB chunks.
+    let item = r#"{"id":"100000000000000003","label":"Twitter \"bio\" {x}","metadata":"{}","clicks":null},"#;
+    let mut body = String::from(r#"{"data":["#);
+    while body.len() < 1 << 20 {
+        body.push_str(item);
+    }
+    body.push_str(r#"{}],"#);
+    body.push_str(&FIXTURE[FIXTURE.find("\"_meta\"").unwrap_or(0)..]);
+    let mut group = c.benchmark_group("meter");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function("scan 1 MB", |b| {
+        b.iter(|| {
+            let mut scanner = MetaScanner::new();
+            for chunk in body.as_bytes().chunks(16 * 1024) {
+                scanner.feed(chunk);
+            }
+            scanner.found()
+        })
+    });
+    group.finish();
+}
+
+fn limiter(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = config(1);
+    let limiter = runtime.block_on(async { Limiter::new(&config) });
+    let client = Arc::clone(&config.clients.clients[0]);
+    c.bench_function("limiter/acquire+finish", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                if let Ok(ticket) = limiter.acquire(&client).await {
+                    limiter.finish(ticket);
+                }
+            })
+        })
+    });
+}
+
+criterion_group!(benches, key_lookup, routing, meta_scanner, limiter);
+criterion_main!(benches);
