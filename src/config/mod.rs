@@ -157,15 +157,34 @@ pub struct SandboxConfig {
 }
 
 /// A secret string: never printed by `Debug`, zeroed on drop.
-pub struct Secret(zeroize::Zeroizing<String>);
+pub struct Secret {
+    value: zeroize::Zeroizing<String>,
+    /// `Bearer <value>`, built once on first use (marked sensitive: `Debug` hides it).
+    bearer: std::sync::OnceLock<Option<http::HeaderValue>>,
+}
 
 impl Secret {
     pub fn new(value: String) -> Self {
-        Self(zeroize::Zeroizing::new(value))
+        Self {
+            value: zeroize::Zeroizing::new(value),
+            bearer: std::sync::OnceLock::new(),
+        }
     }
     /// The secret itself; call only where it must go on the wire.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.value
+    }
+    /// `Authorization: Bearer <secret>` as a header value, built once (`None` if the secret
+    /// cannot be a header value; validation refuses such secrets).
+    pub fn bearer_header(&self) -> Option<http::HeaderValue> {
+        self.bearer
+            .get_or_init(|| {
+                let mut value =
+                    http::HeaderValue::try_from(format!("Bearer {}", *self.value)).ok()?;
+                value.set_sensitive(true);
+                Some(value)
+            })
+            .clone()
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::task::{Context, Poll};
 
-use http::{header, HeaderValue, Request};
+use http::{header, Request};
 use tower::{Layer, Service};
 
 use crate::body::Body;
@@ -58,11 +58,7 @@ where
         headers.remove(header::PROXY_AUTHORIZATION);
         // The client's Host names the gateway; the upstream client sets the upstream's.
         headers.remove(header::HOST);
-        let config = self.config.load();
-        if let Ok(mut value) =
-            HeaderValue::try_from(format!("Bearer {}", config.upstream.api_key.expose()))
-        {
-            value.set_sensitive(true);
+        if let Some(value) = self.config.load().upstream.api_key.bearer_header() {
             headers.insert(header::AUTHORIZATION, value);
         }
         self.inner.call(req)
