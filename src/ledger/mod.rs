@@ -214,6 +214,10 @@ pub(crate) struct Shared {
     /// `NEVER`: one WARN per `DROP_WARN_EVERY`, not one per row.
     last_drop_warn: AtomicU64,
     started: Instant,
+    /// Rows sent since the writer last drained the channel. The writer drains on a timer rather
+    /// than waking for every row (a wake-up per request cost more than the rest of the ledger);
+    /// `record` wakes it only when a whole batch is waiting.
+    pub queued: std::sync::atomic::AtomicUsize,
     /// Test hook: every write fails while set.
     #[cfg(test)]
     pub fail_writes: std::sync::atomic::AtomicBool,
@@ -243,6 +247,9 @@ struct Inner {
     tx: SyncSender<Msg>,
     shared: Arc<Shared>,
     path: PathBuf,
+    /// The writer thread, to wake it for flush, close, or a full batch.
+    writer: std::thread::Thread,
+    batch_rows: usize,
 }
 
 impl fmt::Debug for Ledger {
@@ -278,12 +285,14 @@ impl Ledger {
             health: Mutex::new(LedgerHealth::Healthy),
             last_drop_warn: AtomicU64::new(NEVER),
             started: Instant::now(),
+            queued: Default::default(),
             #[cfg(test)]
             fail_writes: Default::default(),
             #[cfg(test)]
             paused: Default::default(),
         });
         let (tx, rx) = sync_channel(tuning.channel_capacity);
+        let batch_rows = tuning.batch_rows;
         let writer = writer::Writer::new(
             path.clone(),
             conn,
@@ -291,12 +300,18 @@ impl Ledger {
             tuning,
             Arc::clone(&shared),
         );
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(LedgerError::Spawn)?;
         Ok(Ledger {
-            inner: Arc::new(Inner { tx, shared, path }),
+            inner: Arc::new(Inner {
+                tx,
+                shared,
+                path,
+                writer: thread.thread().clone(),
+                batch_rows,
+            }),
         })
     }
 
@@ -304,7 +319,12 @@ impl Ledger {
     /// keep up) or the ledger is closed, the row is dropped and counted in [`Ledger::dropped`].
     pub fn record(&self, row: LedgerRow) {
         match self.inner.tx.try_send(Msg::Row(Box::new(row))) {
-            Ok(()) => {}
+            Ok(()) => {
+                let queued = self.inner.shared.queued.fetch_add(1, Ordering::Relaxed) + 1;
+                if queued == self.inner.batch_rows {
+                    self.inner.writer.unpark();
+                }
+            }
             Err(TrySendError::Full(_)) => self.count_drop("the ledger writer is behind"),
             Err(TrySendError::Disconnected(_)) => self.count_drop("the ledger is closed"),
         }
@@ -373,8 +393,12 @@ impl Ledger {
         // when the channel is full, wait for room without blocking the runtime.
         loop {
             match self.inner.tx.try_send(msg) {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.inner.writer.unpark();
+                    break;
+                }
                 Err(TrySendError::Full(back)) => {
+                    self.inner.writer.unpark();
                     msg = back;
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }

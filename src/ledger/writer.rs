@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,18 +83,30 @@ impl Writer {
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
-            let timeout = self.next_wake().saturating_duration_since(Instant::now());
-            match rx.recv_timeout(timeout) {
-                Ok(Msg::Row(row)) => self.push(*row),
-                Ok(Msg::Flush(reply)) => {
-                    self.waiters.push(reply);
-                    self.force = true;
+            // Take everything waiting, then sleep until something is due. `record` does not wake
+            // this thread for each row: it drains at least every `batch_interval`, and is woken
+            // early for a flush, a close, or a whole batch.
+            self.shared.queued.store(0, Ordering::Relaxed);
+            loop {
+                match rx.try_recv() {
+                    Ok(Msg::Row(row)) => self.push(*row),
+                    Ok(Msg::Flush(reply)) => {
+                        self.waiters.push(reply);
+                        self.force = true;
+                    }
+                    Ok(Msg::Close(reply)) => return self.finish(rx, Some(reply)),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return self.finish(rx, None),
                 }
-                Ok(Msg::Close(reply)) => return self.finish(rx, Some(reply)),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return self.finish(rx, None),
             }
             self.tick();
+            let timeout = self
+                .next_wake()
+                .saturating_duration_since(Instant::now())
+                .min(self.tuning.batch_interval);
+            if !timeout.is_zero() {
+                std::thread::park_timeout(timeout);
+            }
         }
     }
 
