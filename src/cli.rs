@@ -14,6 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::body::BoxError;
 use crate::config::{self, Config, ConfigError, KeyHash};
 use crate::ledger::{self, Format, GroupBy};
+use crate::log_output::BufferedStdout;
 use crate::sandbox::{self, SandboxOptions};
 use crate::server::Gateway;
 
@@ -174,6 +175,8 @@ impl Cli {
                 runtime().and_then(|rt| rt.block_on(run_sandbox(listen, options)))
             }
         };
+        // Log lines still in the buffer go out before the process ends.
+        BufferedStdout::flush();
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -199,7 +202,9 @@ fn init_tracing(format: LogFormat) {
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(BufferedStdout::get());
     let _ = if json {
         builder
             .json()
