@@ -208,7 +208,7 @@ where
             .unwrap_or("-");
         let error = GatewayError::from_box(error);
         if error.status().is_server_error() {
-            tracing::warn!(code = error.code(), error = %error, "request failed");
+            tracing::warn!(request_id, code = error.code(), error = %error, "request failed");
         }
         this.early.record(&error, request_id);
         Poll::Ready(Ok(error.into_response(request_id)))

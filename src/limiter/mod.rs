@@ -220,8 +220,15 @@ impl Limiter {
 
     /// The ticket's request is over. Call [`Limiter::observe`] first with what the answer said.
     pub fn finish(&self, ticket: Ticket) {
-        lock(&self.inner.state).budget.finish(ticket);
-        self.inner.wake.notify_one();
+        let waiting = {
+            let mut state = lock(&self.inner.state);
+            state.budget.finish(ticket);
+            !state.queue.is_empty()
+        };
+        // Waking the dispatcher only matters to requests that wait; most of the time none do.
+        if waiting {
+            self.inner.wake.notify_one();
+        }
     }
 
     /// What an answer said about the upstream's limits.
@@ -229,8 +236,14 @@ impl Limiter {
         if report == UpstreamReport::default() {
             return;
         }
-        lock(&self.inner.state).budget.observe(ticket, report);
-        self.inner.wake.notify_one();
+        let waiting = {
+            let mut state = lock(&self.inner.state);
+            state.budget.observe(ticket, report);
+            !state.queue.is_empty()
+        };
+        if waiting {
+            self.inner.wake.notify_one();
+        }
     }
 
     /// The upstream answered 429: pause all forwarding.
