@@ -76,13 +76,30 @@ async fn check_tracking_link_update(req: Request<Body>) -> Result<Request<Body>,
     }
     let (parts, body) = req.into_parts();
     let bytes = body.collect().await?.to_bytes();
-    let value: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| GatewayError::BadRequest(format!("invalid JSON body ({e})")))?;
-    let errors = tracking_link_errors(&value);
-    if !errors.is_empty() {
-        return Err(GatewayError::ValidationFailed(errors).into());
+    if !is_valid_update(&bytes) {
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| GatewayError::BadRequest(format!("invalid JSON body ({e})")))?;
+        let errors = tracking_link_errors(&value);
+        if !errors.is_empty() {
+            return Err(GatewayError::ValidationFailed(errors).into());
+        }
     }
     Ok(Request::from_parts(parts, full(bytes)))
+}
+
+/// The happy path without building a JSON tree: an object whose `label` is a non-empty string
+/// and whose `description` is a string or null (unknown fields are skipped, strings borrowed
+/// unless escaped). Anything else goes the slow way, which names the problem.
+fn is_valid_update(bytes: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Update<'a> {
+        #[serde(borrow)]
+        label: std::borrow::Cow<'a, str>,
+        #[serde(borrow, default)]
+        #[allow(dead_code)] // only its type is checked
+        description: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_slice::<Update<'_>>(bytes).is_ok_and(|u| !u.label.trim().is_empty())
 }
 
 /// `application/json`, with or without parameters such as `charset`.
@@ -129,6 +146,37 @@ pub fn tracking_link_errors(value: &Value) -> Vec<(String, Vec<String>)> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_fast_path_never_accepts_what_the_full_check_refuses() {
+        for body in [
+            r#"{"label":"x"}"#,
+            r#"{"label":"x","description":null}"#,
+            r#"{"label":"x","description":"d","extra":[1,{"a":2}]}"#,
+            r#"{"label":"caf\u00e9 \"bio\""}"#,
+            r#"{}"#,
+            r#"{"label":""}"#,
+            r#"{"label":"  "}"#,
+            r#"{"label":5}"#,
+            r#"{"label":"x","description":5}"#,
+            r#"{"label":"x","label":"y"}"#,
+            r#"[1]"#,
+            r#""label""#,
+        ] {
+            let full = serde_json::from_slice::<Value>(body.as_bytes())
+                .map(|v| tracking_link_errors(&v).is_empty())
+                .unwrap_or(false);
+            let fast = is_valid_update(body.as_bytes());
+            assert!(!fast || full, "fast path accepted {body}");
+        }
+        // ...and it does take the ordinary valid bodies.
+        assert!(is_valid_update(
+            br#"{"label":"Twitter bio","description":"d"}"#
+        ));
+        assert!(is_valid_update(
+            br#"{"description":null,"label":"x","extra":{}}"#
+        ));
+    }
 
     #[test]
     fn good_bodies_pass() {
