@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::calendar::{self, DAY_MS};
+use crate::calendar::{self, now_ms, DAY_MS};
 use crate::config::{BudgetPeriod, Client, ClientId, Config};
 
 /// A cheap handle on every client's budget.
@@ -243,10 +243,6 @@ fn period_end(period: BudgetPeriod, start: i64) -> i64 {
         BudgetPeriod::Day => start + DAY_MS,
         BudgetPeriod::Month => calendar::next_month_start_ms(start),
     }
-}
-
-fn now_ms() -> i64 {
-    calendar::now_ms()
 }
 
 /// The counters stay consistent even if a holder panicked, so a poisoned lock is simply taken.

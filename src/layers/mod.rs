@@ -22,6 +22,14 @@ use http::Response;
 /// The future of a layer that either answers early with an error or calls its inner service.
 pub type EarlyOr<F> = Either<Ready<Result<Response<Body>, BoxError>>, F>;
 
+/// The inner service that was polled ready, for a layer whose future must own it; a fresh clone
+/// takes its place for the next request (calling a clone that was never polled ready would break
+/// the `Service` contract).
+pub fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}
+
 /// Answers early with `error`, which the rescue turns into a response.
 pub fn reject<F>(error: GatewayError) -> EarlyOr<F> {
     Either::Left(ready(Err(error.into())))

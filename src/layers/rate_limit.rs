@@ -66,9 +66,7 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let limiter = self.limiter.clone();
-        // Take the service that was polled ready; leave a fresh clone in its place.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = super::take_ready(&mut self.inner);
         // Boxed outside the `async` block: rustc cannot yet prove `Send` for a generic inner
         // future awaited inside one.
         let mut forward =

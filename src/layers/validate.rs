@@ -56,9 +56,7 @@ where
         if !validated {
             return Either::Left(self.inner.call(req));
         }
-        // Take the service that was polled ready; leave a fresh clone in its place.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = super::take_ready(&mut self.inner);
         // Combinators rather than an `async` block: rustc cannot yet prove the latter `Send`
         // for a generic inner future.
         Either::Right(Box::pin(check_tracking_link_update(req).then(
