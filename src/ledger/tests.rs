@@ -397,6 +397,38 @@ async fn after_close_rows_are_dropped_and_counted_and_close_again_is_a_no_op() {
 }
 
 #[tokio::test]
+async fn a_version_1_file_is_upgraded_in_place_keeping_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = ledger_path(&dir);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+    }
+    let ledger = Ledger::open(&long_retention(&path)).unwrap();
+    ledger.record(row(NOV_1, 1));
+    ledger.close().await.unwrap();
+    let ledger = Ledger::open(&long_retention(&path)).unwrap();
+    ledger.record(row(NOV_1 + 1, 2));
+    ledger.close().await.unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, schema::SCHEMA_VERSION);
+    let indexes: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'requests_client_ts'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexes, 0, "the index version 2 drops");
+    assert_eq!(count(&path), 2);
+}
+
+#[tokio::test]
 async fn migrations_build_the_schema_on_an_empty_file_and_reopen_is_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let path = ledger_path(&dir);
@@ -430,10 +462,7 @@ async fn migrations_build_the_schema_on_an_empty_file_and_reopen_is_idempotent()
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(
-        tables,
-        ["daily", "requests", "requests_client_ts", "requests_ts"]
-    );
+    assert_eq!(tables, ["daily", "requests", "requests_ts"]);
 }
 
 #[tokio::test]
