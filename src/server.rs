@@ -132,7 +132,7 @@ impl Gateway {
             limiter: limiter.clone(),
             budgets: budgets.clone(),
             upstream_base: base_url.to_string(),
-            public_url: config.server.public_url.clone(),
+            public_url: public_url(&config.server.public_url, client_addr),
             low_balance_warning: config.credits.low_balance_warning,
             balance: Default::default(),
         });
@@ -247,6 +247,14 @@ impl Gateway {
         for task in self.other_tasks {
             let _ = task.await;
         }
+    }
+}
+
+/// `server.public_url`; when it was derived from a `listen` on port 0, with the port bound.
+fn public_url(configured: &str, bound: SocketAddr) -> String {
+    match configured.strip_suffix(":0") {
+        Some(base) => format!("{base}:{}", bound.port()),
+        None => configured.to_owned(),
     }
 }
 

@@ -1194,3 +1194,42 @@ async fn every_forwarded_call_is_one_json_log_line_with_the_spec_fields() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_public_url_on_port_zero_uses_the_bound_port() {
+    let _shared = MEMORY.read().await;
+    bounded(20, async {
+        let base = Arc::new(OnceLock::<String>::new());
+        let mock = MockUpstream::start({
+            let base = base.clone();
+            move |_| {
+                let base = base.get().expect("base set");
+                Reply::json(
+                    200,
+                    &list_body(&format!("{base}/api/fansly/x/tracking-links?offset=10")),
+                )
+            }
+        })
+        .await;
+        base.set(mock.base_url()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = build_config(&mock.base_url(), Options::default(), dir.path());
+        // What validation derives when `public_url` is left out and `listen` is port 0.
+        config.server.public_url = "http://127.0.0.1:0".into();
+        let gw = start(config).await;
+        let resp = HttpClient::http1()
+            .get(&url(&gw, "/api/fansly/x/tracking-links"), Some(ALPHA_KEY))
+            .await;
+        let next = resp.json()["_pagination"]["next_page"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let expected = format!(
+            "http://127.0.0.1:{}/api/fansly/x/tracking-links?offset=10",
+            gw.client_addr.port()
+        );
+        assert_eq!(next, expected);
+        gw.shutdown().await;
+    })
+    .await
+}
