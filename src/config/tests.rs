@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 
-const SECRET: &str = "ofapi_TopSecretUpstreamKey_42";
+const SECRET: &str = "test-TopSecretUpstreamKey-42";
 const H1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 const H2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 
