@@ -106,5 +106,49 @@ fn limiter(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, key_lookup, routing, meta_scanner, limiter);
+/// The access line of one forwarded call (the meter's event, 14 fields) through the same JSON
+/// subscriber the binary installs, into a sink.
+fn access_log(c: &mut Criterion) {
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::sink)
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
+        .finish();
+    let request_id = "a3f361c9204c56b22a915ba3409a669a".to_owned();
+    let account = Some("fansly_acct_123".to_owned());
+    tracing::subscriber::with_default(subscriber, || {
+        c.bench_function("log/access line (JSON)", |b| {
+            b.iter(|| {
+                tracing::info!(
+                    request_id = %request_id,
+                    client = "crm-app",
+                    method = %Method::PUT,
+                    route = "PUT /api/fansly/{account}/tracking-links/{id}",
+                    account = account.as_deref(),
+                    status = 200u16,
+                    credits_used = Some(1u64),
+                    credit_balance = Some(10_055_796u64),
+                    cached = Some(false),
+                    upstream_ms = Some(3u64),
+                    total_ms = 4u64,
+                    outcome = "complete",
+                    bytes = 676u64,
+                    "request"
+                )
+            })
+        });
+    });
+}
+
+criterion_group!(
+    benches,
+    key_lookup,
+    routing,
+    meta_scanner,
+    limiter,
+    access_log
+);
 criterion_main!(benches);
