@@ -87,16 +87,14 @@ impl UpstreamClient {
     }
 
     fn upstream_uri(&self, uri: &Uri) -> Result<Uri, BoxError> {
-        let path_and_query = uri
-            .path_and_query()
-            .map(PathAndQuery::as_str)
-            .unwrap_or("/");
-        let path_and_query: PathAndQuery = if self.target.prefix.is_empty() {
-            PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(
-                path_and_query.as_bytes(),
-            ))?
-        } else {
-            format!("{}{}", self.target.prefix, path_and_query).try_into()?
+        let path_and_query = match (uri.path_and_query(), self.target.prefix.is_empty()) {
+            // The usual case: the client's own path and query, shared, not copied.
+            (Some(pq), true) => pq.clone(),
+            (None, true) => PathAndQuery::from_static("/"),
+            (pq, false) => {
+                let pq = pq.map_or("/", PathAndQuery::as_str);
+                format!("{}{pq}", self.target.prefix).try_into()?
+            }
         };
         Ok(Uri::builder()
             .scheme(self.target.scheme.clone())
@@ -185,6 +183,35 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn client(base: &str) -> UpstreamClient {
+        let config = UpstreamConfig {
+            base_url: base.parse().unwrap(),
+            api_key: crate::config::Secret::new("k".into()),
+            api_key_source: "test".into(),
+            extra_roots: Vec::new(),
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+        };
+        UpstreamClient::new(&config, &config.base_url).unwrap()
+    }
+
+    #[test]
+    fn the_path_and_query_go_to_the_upstream_with_its_prefix() {
+        let uri: Uri = "/api/whoami?fresh=true".parse().unwrap();
+        assert_eq!(
+            client("https://app.onlyfansapi.com")
+                .upstream_uri(&uri)
+                .unwrap(),
+            "https://app.onlyfansapi.com/api/whoami?fresh=true"
+        );
+        assert_eq!(
+            client("http://proxy.internal:8443/ofapi/")
+                .upstream_uri(&uri)
+                .unwrap(),
+            "http://proxy.internal:8443/ofapi/api/whoami?fresh=true"
+        );
+    }
 
     #[test]
     fn hop_by_hop_headers_go_and_end_to_end_headers_stay() {
