@@ -8,7 +8,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use crate::body::{full, Body, BoxError};
 
 /// Why the gateway answered instead of the upstream.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum GatewayError {
     /// 400: malformed path, invalid JSON.
     BadRequest(String),
@@ -170,53 +170,32 @@ impl GatewayError {
     }
 
     /// Finds the gateway's meaning of an error that travelled down the stack: a `GatewayError`
-    /// itself, a tower timeout, a body over its limit, or anything else (502).
+    /// itself, a tower timeout, a body over its limit (anywhere in its chain of sources), or
+    /// anything else (502).
     pub fn from_box(error: BoxError) -> Self {
-        let error = match error.downcast::<GatewayError>() {
-            Ok(own) => return *own,
-            Err(other) => other,
-        };
-        if error.is::<tower::timeout::error::Elapsed>() {
-            return Self::UpstreamTimeout;
+        match error.downcast::<GatewayError>() {
+            Ok(own) => *own,
+            Err(other) => Self::classify(other.as_ref()),
         }
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    }
+
+    /// The same meaning, for an error that is only borrowed (the meter records it, the rescue
+    /// answers it).
+    pub fn classify(error: &(dyn std::error::Error + 'static)) -> Self {
+        let mut source = Some(error);
         while let Some(err) = source {
+            if let Some(own) = err.downcast_ref::<GatewayError>() {
+                return own.clone();
+            }
+            if err.is::<tower::timeout::error::Elapsed>() {
+                return Self::UpstreamTimeout;
+            }
             if let Some(limited) = err.downcast_ref::<crate::layers::body_limit::BodyTooLarge>() {
                 return Self::PayloadTooLarge { limit: limited.0 };
-            }
-            if let Some(own) = err.downcast_ref::<GatewayError>() {
-                return own.clone_kind();
             }
             source = err.source();
         }
         Self::UpstreamUnavailable("the upstream connection failed".into())
-    }
-
-    /// The status the rescue will give an error, without consuming it.
-    pub fn status_of(error: &BoxError) -> StatusCode {
-        if let Some(own) = error.downcast_ref::<GatewayError>() {
-            return own.status();
-        }
-        if error.is::<tower::timeout::error::Elapsed>() {
-            return StatusCode::GATEWAY_TIMEOUT;
-        }
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
-        while let Some(err) = source {
-            if err.is::<crate::layers::body_limit::BodyTooLarge>() {
-                return StatusCode::PAYLOAD_TOO_LARGE;
-            }
-            source = err.source();
-        }
-        StatusCode::BAD_GATEWAY
-    }
-
-    fn clone_kind(&self) -> Self {
-        match self {
-            Self::PayloadTooLarge { limit } => Self::PayloadTooLarge { limit: *limit },
-            Self::UpstreamTimeout => Self::UpstreamTimeout,
-            Self::Overloaded => Self::Overloaded,
-            other => Self::UpstreamUnavailable(other.message()),
-        }
     }
 }
 
@@ -227,3 +206,37 @@ impl std::fmt::Display for GatewayError {
 }
 
 impl std::error::Error for GatewayError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::body_limit::BodyTooLarge;
+
+    fn status(error: BoxError) -> u16 {
+        let by_ref = GatewayError::classify(error.as_ref()).status();
+        let owned = GatewayError::from_box(error).status();
+        assert_eq!(by_ref, owned, "both ways agree");
+        owned.as_u16()
+    }
+
+    #[test]
+    fn errors_from_below_get_the_spec_status() {
+        assert_eq!(status(GatewayError::Forbidden("x".into()).into()), 403);
+        assert_eq!(status(Box::new(tower::timeout::error::Elapsed::new())), 504);
+        // A body over its limit, however deep in the chain (hyper wraps it, as here).
+        #[derive(Debug)]
+        struct Wrapped(BodyTooLarge);
+        impl std::fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("error writing a body to the connection")
+            }
+        }
+        impl std::error::Error for Wrapped {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        assert_eq!(status(Box::new(Wrapped(BodyTooLarge(10)))), 413);
+        assert_eq!(status("connection reset".into()), 502);
+    }
+}

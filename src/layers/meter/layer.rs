@@ -185,7 +185,7 @@ where
         Poll::Ready(match result {
             Ok(response) => Ok(Meter::wrap(this.meter.clone(), call, response)),
             Err(error) => {
-                let status = GatewayError::status_of(&error);
+                let status = GatewayError::classify(error.as_ref()).status();
                 this.meter.record(
                     &call,
                     status,
