@@ -132,7 +132,11 @@ impl Gateway {
             limiter: limiter.clone(),
             budgets: budgets.clone(),
             upstream_base: base_url.to_string(),
-            public_url: public_url(&config.server.public_url, client_addr),
+            public_url: config
+                .server
+                .public_url
+                .clone()
+                .unwrap_or_else(|| own_url(config.server.tls.is_some(), client_addr)),
             low_balance_warning: config.credits.low_balance_warning,
             balance: Default::default(),
         });
@@ -250,12 +254,10 @@ impl Gateway {
     }
 }
 
-/// `server.public_url`; when it was derived from a `listen` on port 0, with the port bound.
-fn public_url(configured: &str, bound: SocketAddr) -> String {
-    match configured.strip_suffix(":0") {
-        Some(base) => format!("{base}:{}", bound.port()),
-        None => configured.to_owned(),
-    }
+/// The client listener's own URL: the public URL when `server.public_url` is left out.
+fn own_url(tls: bool, bound: SocketAddr) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{bound}")
 }
 
 /// Credits per client since a moment, from the ledger (empty, with a warning, if unreadable:
@@ -354,4 +356,21 @@ async fn accept_loop<S, B>(
     }
     connections.abort_all();
     while connections.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::own_url;
+
+    #[test]
+    fn the_default_public_url_is_the_bound_address_with_the_listeners_scheme() {
+        assert_eq!(
+            own_url(false, "127.0.0.1:43117".parse().unwrap()),
+            "http://127.0.0.1:43117"
+        );
+        assert_eq!(
+            own_url(true, "[::1]:8443".parse().unwrap()),
+            "https://[::1]:8443"
+        );
+    }
 }

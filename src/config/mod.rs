@@ -76,8 +76,9 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub tls: Option<TlsSettings>,
-    /// Absolute `http(s)://host[:port]` without a trailing slash.
-    pub public_url: String,
+    /// Absolute `http(s)://host[:port]` without a trailing slash; `None`: the address the
+    /// client listener is bound to (so a `listen` on port 0 gets its real port).
+    pub public_url: Option<String>,
     pub max_body_bytes: u64,
     pub request_timeout: Duration,
     pub max_concurrent_requests: usize,

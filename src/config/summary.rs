@@ -47,12 +47,13 @@ impl Config {
                 s.listen,
                 tls.cert.display(),
                 tls.key.display(),
-                s.public_url
+                s.public_url.as_deref().unwrap_or("its own address")
             )?,
             None => writeln!(
                 out,
                 "client listener:  {} (plain HTTP, no TLS), public URL {}",
-                s.listen, s.public_url
+                s.listen,
+                s.public_url.as_deref().unwrap_or("its own address")
             )?,
         }
         writeln!(

@@ -154,7 +154,10 @@ disabled = true
         tls.server_config.alpn_protocols,
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     );
-    assert_eq!(c.server.public_url, "https://gateway.example.com");
+    assert_eq!(
+        c.server.public_url.as_deref(),
+        Some("https://gateway.example.com")
+    );
     assert_eq!(c.server.max_body_bytes, 2048);
     assert_eq!(c.server.request_timeout, Duration::from_secs(45));
     assert_eq!(c.server.max_concurrent_requests, 64);
@@ -226,7 +229,10 @@ fn an_empty_file_gets_the_spec_defaults() {
     let c = parse_ok("");
     assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
     assert!(c.server.tls.is_none());
-    assert_eq!(c.server.public_url, "http://127.0.0.1:8080");
+    assert_eq!(
+        c.server.public_url, None,
+        "derived from the bound listener at start"
+    );
     assert_eq!(c.server.max_body_bytes, 10_485_760);
     assert_eq!(c.server.request_timeout, Duration::from_secs(60));
     assert_eq!(c.server.max_concurrent_requests, 1024);
@@ -252,14 +258,14 @@ fn an_empty_file_gets_the_spec_defaults() {
 }
 
 #[test]
-fn public_url_defaults_to_https_when_tls_is_on() {
+fn public_url_left_out_stays_unset_with_tls_too() {
     let (cert, key) = cert_and_key();
     let c = parse_ok(&format!(
         "[server]\nlisten = \"[::1]:8443\"\ntls_cert = {:?}\ntls_key = {:?}\n",
         path_str(&cert),
         path_str(&key)
     ));
-    assert_eq!(c.server.public_url, "https://[::1]:8443");
+    assert_eq!(c.server.public_url, None);
 }
 
 #[test]
@@ -724,7 +730,7 @@ fn tls_cert_and_key_from_rcgen_load() {
         tls.server_config.alpn_protocols,
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     );
-    assert_eq!(c.server.public_url, "https://127.0.0.1:8080");
+    assert_eq!(c.server.public_url, None);
 }
 
 #[test]

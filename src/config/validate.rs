@@ -265,15 +265,13 @@ pub(crate) fn validate(
             return Err(cx.err("server.tls_cert", "required when server.tls_key is set"))
         }
     };
+    // Left out: the address the client listener is bound to (known only once it is, for port 0).
     let public_url = match &s.public_url {
         Some(url) => {
             let uri = cx.http_url("server.public_url", url, false)?;
-            uri.to_string().trim_end_matches('/').to_owned()
+            Some(uri.to_string().trim_end_matches('/').to_owned())
         }
-        None => {
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            format!("{scheme}://{listen}")
-        }
+        None => None,
     };
     let max_body_bytes = s.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
     if max_body_bytes == 0 {

@@ -645,7 +645,7 @@ pub fn build_config(upstream_base_url: &str, options: Options, dir: &Path) -> Co
         server: ServerConfig {
             listen,
             tls: options.server_tls,
-            public_url: "http://127.0.0.1:8080".into(),
+            public_url: Some("http://127.0.0.1:8080".into()),
             max_body_bytes: options.max_body_bytes,
             request_timeout: options.request_timeout,
             max_concurrent_requests: options.max_concurrent_requests,
