@@ -135,6 +135,44 @@ impl Service<Request<Body>> for UpstreamClient {
     }
 }
 
+/// What an upstream answer's headers say about credits and limits (SPEC §2): `x-ofapi-*` and
+/// `x-rate-limit-*`. The limiter acts on them as soon as the headers arrive; the meter falls back
+/// on them when the body has no `_meta` (a `304`, say).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UpstreamHeaders {
+    pub credits_used: Option<u64>,
+    pub balance: Option<u64>,
+    pub cached: Option<bool>,
+    pub limit_minute: Option<u32>,
+    pub remaining_minute: Option<u32>,
+}
+
+impl UpstreamHeaders {
+    pub fn read(headers: &HeaderMap) -> Self {
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        };
+        Self {
+            credits_used: text("x-ofapi-credits-used").and_then(|v| v.parse().ok()),
+            balance: text("x-ofapi-credits-balance").and_then(|v| v.parse().ok()),
+            cached: text("x-ofapi-is-cached").and_then(|v| {
+                if v.eq_ignore_ascii_case("true") {
+                    Some(true)
+                } else if v.eq_ignore_ascii_case("false") {
+                    Some(false)
+                } else {
+                    None
+                }
+            }),
+            limit_minute: text("x-rate-limit-limit-minute").and_then(|v| v.parse().ok()),
+            remaining_minute: text("x-rate-limit-remaining-minute").and_then(|v| v.parse().ok()),
+        }
+    }
+}
+
 /// A client body over its limit stays itself (413); the rest are the upstream's fault (502).
 fn classify_client_error(error: hyper_util::client::legacy::Error) -> BoxError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);

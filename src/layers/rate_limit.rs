@@ -21,6 +21,7 @@ use crate::config::Client;
 use crate::error::GatewayError;
 use crate::limiter::Limiter;
 use crate::limiter::{RateLimitStatus, Refusal, Scope, Ticket, UpstreamReport};
+use crate::upstream::UpstreamHeaders;
 
 #[derive(Clone)]
 pub struct RateLimitLayer {
@@ -133,18 +134,11 @@ fn refused(refusal: Refusal) -> BoxError {
 
 /// What the upstream's headers say about its limits (SPEC §2).
 pub fn report_from_headers(headers: &HeaderMap) -> UpstreamReport {
-    let number = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u32>().ok())
-    };
+    let said = UpstreamHeaders::read(headers);
     UpstreamReport {
-        limit_minute: number("x-rate-limit-limit-minute"),
-        remaining_minute: number("x-rate-limit-remaining-minute"),
-        cached: headers
-            .get("x-ofapi-is-cached")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true")),
+        limit_minute: said.limit_minute,
+        remaining_minute: said.remaining_minute,
+        cached: said.cached == Some(true),
     }
 }
 

@@ -26,6 +26,7 @@ use crate::layers::route::RouteInfo;
 use crate::ledger::{Ledger, LedgerRow, Outcome};
 use crate::limiter::{Limiter, Ticket, UpstreamReport};
 use crate::metrics::Metrics;
+use crate::upstream::UpstreamHeaders;
 
 /// Everything the meter reports to. Shared by all requests.
 pub struct Meter {
@@ -89,34 +90,6 @@ struct Call {
     reservation: Option<Arc<Reservation>>,
     received_at: Instant,
     sent_at: Instant,
-}
-
-/// What the answer's headers said (SPEC §2): the fallback when the body has no `_meta`.
-#[derive(Clone, Copy, Default)]
-struct HeaderFacts {
-    used: Option<u64>,
-    balance: Option<u64>,
-    cached: Option<bool>,
-    limit: Option<u32>,
-    remaining: Option<u32>,
-}
-
-impl HeaderFacts {
-    fn read(headers: &HeaderMap) -> Self {
-        fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-        }
-        Self {
-            used: text(headers, "x-ofapi-credits-used").and_then(|v| v.parse().ok()),
-            balance: text(headers, "x-ofapi-credits-balance").and_then(|v| v.parse().ok()),
-            cached: text(headers, "x-ofapi-is-cached").and_then(|v| v.parse().ok()),
-            limit: text(headers, "x-rate-limit-limit-minute").and_then(|v| v.parse().ok()),
-            remaining: text(headers, "x-rate-limit-remaining-minute").and_then(|v| v.parse().ok()),
-        }
-    }
 }
 
 impl<S> Service<Request<Body>> for Metered<S>
@@ -191,7 +164,7 @@ where
                     status,
                     None,
                     Outcome::Error,
-                    HeaderFacts::default(),
+                    UpstreamHeaders::default(),
                     BodyEnd::empty(),
                 );
                 Err(error)
@@ -205,7 +178,7 @@ impl Meter {
     fn wrap(meter: Arc<Self>, call: Call, response: Response<Body>) -> Response<Body> {
         let upstream_ms = call.sent_at.elapsed().as_millis() as u64;
         let (mut parts, body) = response.into_parts();
-        let facts = HeaderFacts::read(&parts.headers);
+        let facts = UpstreamHeaders::read(&parts.headers);
         let json = is_json(&parts.headers);
         // Only list pages carry `next_page`; rewriting other answers would cost them their
         // Content-Length for nothing.
@@ -236,15 +209,15 @@ impl Meter {
         status: StatusCode,
         upstream_ms: Option<u64>,
         outcome: Outcome,
-        headers: HeaderFacts,
+        headers: UpstreamHeaders,
         end: BodyEnd,
     ) {
         let found = end.found;
-        let used = found.credits_used.or(headers.used);
+        let used = found.credits_used.or(headers.credits_used);
         let balance = found.balance.or(headers.balance);
         let cached = found.is_cached.or(headers.cached);
-        let limit = headers.limit.or(found.limit_minute);
-        let remaining = headers.remaining.or(found.remaining_minute);
+        let limit = headers.limit_minute.or(found.limit_minute);
+        let remaining = headers.remaining_minute.or(found.remaining_minute);
         let total = call.received_at.elapsed();
 
         // The rate-limit layer already acted on the headers; the body adds what they lacked.
@@ -253,12 +226,12 @@ impl Meter {
                 ticket,
                 UpstreamReport {
                     limit_minute: headers
-                        .limit
+                        .limit_minute
                         .is_none()
                         .then_some(found.limit_minute)
                         .flatten(),
                     remaining_minute: headers
-                        .remaining
+                        .remaining_minute
                         .is_none()
                         .then_some(found.remaining_minute)
                         .flatten(),
