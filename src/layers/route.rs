@@ -1,12 +1,13 @@
-//! Routing: the path-safety check (400, never forwarded), `/healthz`, 404 outside `/api/`, the
-//! method check (405), and the route's template and account for the layers below (scopes,
-//! validation, metrics labels, logs).
+//! Routing: the request-head and path-safety checks (400, never forwarded), `/healthz`, 404
+//! outside `/api/`, the method check (405), and the route's template and account for the layers
+//! below (scopes, validation, metrics labels, logs).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::{ready, Either};
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::uri::Authority;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use tower::{Layer, Service};
 
 use super::rescue::RequestNote;
@@ -61,6 +62,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        if let Err(why) = check_head(&req) {
+            return reject(GatewayError::BadRequest(format!(
+                "malformed request: {why}"
+            )));
+        }
         let path = req.uri().path();
         if let Err(why) = check_path(path) {
             return reject(GatewayError::BadRequest(format!("malformed path: {why}")));
@@ -103,9 +109,57 @@ pub fn is_forwarded_method(method: &Method) -> bool {
     )
 }
 
+/// Refuses request heads that the gateway and the servers around it could read differently
+/// (RFC 9112 §3.2 and §6.1), and that hyper lets through:
+///
+/// - more than one `Host`, or one that is not a host and port: which one would the next hop use?
+///   (Host is not forwarded, but logs and the next hop around the gateway may read it.)
+/// - an HTTP/1.1 request without `Host` (the RFC says 400; HTTP/1.0 and h2 may leave it out);
+/// - a `Transfer-Encoding` other than one `chunked`: hyper refuses a last coding other than
+///   `chunked` but decodes only `chunked` itself, so `gzip, chunked` would reach the upstream
+///   still gzipped, with the header that said so removed as hop-by-hop;
+/// - raw non-ASCII bytes in the query (hyper lets UTF-8 through; a URI has none).
+///
+/// (A request with both `Content-Length` and `Transfer-Encoding` never gets here as such: hyper
+/// frames it by `Transfer-Encoding` alone, drops `Content-Length`, and closes the connection
+/// after the response, so no byte after the chunked body is read as another request.)
+pub fn check_head<B>(req: &Request<B>) -> Result<(), &'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err("more than one Host header"),
+        (Some(host), None) => {
+            let bytes = host.as_bytes();
+            if !bytes.is_empty() && (bytes.contains(&b'@') || Authority::try_from(bytes).is_err()) {
+                return Err("the Host header is not a host name and port");
+            }
+        }
+        (None, _) => {
+            if req.version() == Version::HTTP_11 {
+                return Err("an HTTP/1.1 request needs a Host header");
+            }
+        }
+    }
+    let mut codings = req.headers().get_all(header::TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (None, _) => {}
+        (Some(coding), None)
+            if coding
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked") => {}
+        _ => return Err("the only Transfer-Encoding accepted is chunked"),
+    }
+    if !req.uri().query().is_none_or(str::is_ascii) {
+        return Err("raw non-ASCII bytes in the query (percent-encode them)");
+    }
+    Ok(())
+}
+
 /// Refuses paths that could mean something else to the upstream than to the gateway's scope
 /// checks: dot segments (also percent-encoded), encoded slashes or backslashes, backslashes,
-/// empty segments, control characters, broken percent-encoding.
+/// empty segments, control characters, broken percent-encoding, raw non-ASCII bytes (hyper lets
+/// UTF-8 through; a URI has none), and percent-encoded bytes that are not UTF-8 (decoded lossily,
+/// `acct%fe` and `acct%ff` would name the same account).
 pub fn check_path(path: &str) -> Result<(), &'static str> {
     let Some(rest) = path.strip_prefix('/') else {
         return Err("the path must start with /");
@@ -118,6 +172,7 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
             return Err("empty path segment");
         }
         let mut dots_only = true;
+        let mut ascii = true;
         let bytes = segment.as_bytes();
         let mut i = 0;
         while i < bytes.len() {
@@ -136,10 +191,11 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
                     }
                     decoded
                 }
-                other => {
+                other if other.is_ascii() => {
                     i += 1;
                     other
                 }
+                _ => return Err("raw non-ASCII bytes (percent-encode them)"),
             };
             if byte == b'\\' {
                 return Err("backslash");
@@ -148,9 +204,13 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
                 return Err("control character");
             }
             dots_only &= byte == b'.';
+            ascii &= byte.is_ascii();
         }
         if dots_only {
             return Err("dot segment");
+        }
+        if !ascii && std::str::from_utf8(&percent_decode(segment)).is_err() {
+            return Err("percent-encoded bytes that are not UTF-8");
         }
     }
     Ok(())
@@ -165,11 +225,16 @@ fn hex_value(byte: u8) -> Option<u8> {
     }
 }
 
-/// Percent-decodes a segment that [`check_path`] accepted.
+/// Percent-decodes a segment that [`check_path`] accepted (so it is UTF-8).
 fn decode_segment(segment: &str) -> String {
     if !segment.contains('%') {
         return segment.to_owned();
     }
+    String::from_utf8_lossy(&percent_decode(segment)).into_owned()
+}
+
+/// The bytes a segment's percent-encoding stands for (a `%` not followed by two hex digits stays).
+fn percent_decode(segment: &str) -> Vec<u8> {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -191,7 +256,7 @@ fn decode_segment(segment: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// The route template and account of a safe `/api/...` path.
@@ -258,6 +323,12 @@ mod tests {
             "/api/a%zz",
             "/api/a%2",
             "api/x",
+            "/api/a%ffb",
+            "/api/fansly/acct%fe/x",
+            "/api/%c3",
+            "/api/%c3%28",
+            "/api/%ed%a0%80",
+            "/api/caf\u{e9}",
         ] {
             assert!(check_path(path).is_err(), "{path} should be refused");
         }
@@ -272,8 +343,71 @@ mod tests {
             "/api/fansly/fansly_acct_1/tracking-links/845759434926862336",
             "/api/fansly/acct%20x/tracking-links",
             "/api/a.b/c..d",
+            "/api/fansly/acct%c3%a9/tracking-links",
         ] {
             assert_eq!(check_path(path), Ok(()), "{path}");
+        }
+    }
+
+    fn head(version: Version, headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder().uri("/api/whoami").version(version);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn ambiguous_heads_are_refused() {
+        for (version, headers) in [
+            (Version::HTTP_11, &[][..]),
+            (Version::HTTP_11, &[("host", "a"), ("host", "b")][..]),
+            (Version::HTTP_2, &[("host", "a"), ("host", "a")][..]),
+            (Version::HTTP_11, &[("host", "a/b")][..]),
+            (Version::HTTP_11, &[("host", "a b")][..]),
+            (Version::HTTP_11, &[("host", "user@a")][..]),
+            (
+                Version::HTTP_11,
+                &[("host", "a"), ("transfer-encoding", "gzip, chunked")][..],
+            ),
+            (
+                Version::HTTP_11,
+                &[
+                    ("host", "a"),
+                    ("transfer-encoding", "chunked"),
+                    ("transfer-encoding", "chunked"),
+                ][..],
+            ),
+            (
+                Version::HTTP_11,
+                &[("host", "a"), ("transfer-encoding", "identity")][..],
+            ),
+        ] {
+            assert!(
+                check_head(&head(version, headers)).is_err(),
+                "{version:?} {headers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ordinary_heads_pass() {
+        for (version, headers) in [
+            (Version::HTTP_11, &[("host", "gw.example:8080")][..]),
+            (Version::HTTP_11, &[("host", "[::1]:8080")][..]),
+            (Version::HTTP_11, &[("host", "")][..]),
+            (Version::HTTP_10, &[][..]),
+            (Version::HTTP_2, &[][..]),
+            (
+                Version::HTTP_11,
+                &[("host", "a"), ("transfer-encoding", "Chunked ")][..],
+            ),
+        ] {
+            assert_eq!(
+                check_head(&head(version, headers)),
+                Ok(()),
+                "{version:?} {headers:?}"
+            );
         }
     }
 
