@@ -170,8 +170,8 @@ impl GatewayError {
     }
 
     /// Finds the gateway's meaning of an error that travelled down the stack: a `GatewayError`
-    /// itself, a tower timeout, a body over its limit (anywhere in its chain of sources), or
-    /// anything else (502).
+    /// itself, a tower timeout, a body over its limit or a broken client body (anywhere in its
+    /// chain of sources), or anything else (502).
     pub fn from_box(error: BoxError) -> Self {
         match error.downcast::<GatewayError>() {
             Ok(own) => *own,
@@ -192,6 +192,9 @@ impl GatewayError {
             }
             if let Some(limited) = err.downcast_ref::<crate::layers::body_limit::BodyTooLarge>() {
                 return Self::PayloadTooLarge { limit: limited.0 };
+            }
+            if err.is::<crate::layers::drain::ClientBodyError>() {
+                return Self::BadRequest("the request body is malformed or was cut short".into());
             }
             source = err.source();
         }

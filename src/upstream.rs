@@ -22,6 +22,7 @@ use crate::body::{boxed, Body, BoxError};
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::layers::body_limit::BodyTooLarge;
+use crate::layers::drain::ClientBodyError;
 
 /// Sends requests to the upstream named by `upstream.base_url`.
 #[derive(Clone)]
@@ -173,12 +174,16 @@ impl UpstreamHeaders {
     }
 }
 
-/// A client body over its limit stays itself (413); the rest are the upstream's fault (502).
+/// A client body over its limit (413) or broken by the client (400) stays the client's fault;
+/// the rest are the upstream's (502).
 fn classify_client_error(error: hyper_util::client::legacy::Error) -> BoxError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
     while let Some(err) = source {
         if let Some(too_large) = err.downcast_ref::<BodyTooLarge>() {
             return Box::new(BodyTooLarge(too_large.0));
+        }
+        if err.is::<ClientBodyError>() {
+            return GatewayError::classify(err).into();
         }
         source = err.source();
     }

@@ -3,6 +3,9 @@
 //! the kernel resets it, and the client sees a broken pipe instead of the answer (an SDK would
 //! retry the upload). A request body dropped before its end is therefore read and discarded in
 //! the background, for a bounded time and size, as nginx's lingering close does.
+//!
+//! Its errors are [`ClientBodyError`]s: a body that breaks (bad chunked framing, a client that
+//! resets its stream or disconnects mid-upload) is the client's fault, answered 400, not a 502.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -18,6 +21,22 @@ const LINGER_TIME: Duration = Duration::from_secs(5);
 /// ...and this many bytes are read and thrown away after an early answer.
 const LINGER_BYTES: u64 = 64 * 1024 * 1024;
 
+/// The client's request body failed: malformed framing, or the client gave up before its end.
+#[derive(Debug)]
+pub struct ClientBodyError(hyper::Error);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the client's request body failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 /// hyper's request body, drained in the background if dropped before its end.
 pub struct DrainOnDrop {
     inner: Option<Incoming>,
@@ -31,14 +50,16 @@ impl DrainOnDrop {
 
 impl HttpBody for DrainOnDrop {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.inner.as_mut() {
-            Some(inner) => Pin::new(inner).poll_frame(cx),
+            Some(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|result| result.map_err(ClientBodyError))),
             None => Poll::Ready(None),
         }
     }
