@@ -303,6 +303,7 @@ async fn accept_loop<S, B>(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
+    hostile_input_limits(&mut builder);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -356,6 +357,42 @@ async fn accept_loop<S, B>(
     }
     connections.abort_all();
     while connections.join_next().await.is_some() {}
+}
+
+/// The most an HTTP/1.1 request head (request line and headers) may take: past it hyper answers
+/// 431 and closes. hyper-util's auto builder bounds the head only through the read buffer, so
+/// this is also the largest single read of a body. hyper's default (about 400 KiB) let a 100 KB
+/// header through to the upstream.
+const H1_MAX_BUF_BYTES: usize = 64 * 1024;
+/// HTTP/2's `SETTINGS_MAX_HEADER_LIST_SIZE`: a larger header block gets a 431 from the h2 crate
+/// on its stream, and one far larger, or split into too many CONTINUATION frames (the
+/// CONTINUATION flood), a GOAWAY. hyper's default, made explicit.
+const H2_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Streams one h2 connection may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`; RFC 9113
+/// suggests no fewer than 100; hyper's default is 200). More in flight are refused by h2 itself;
+/// across connections the gateway's own `max_concurrent_requests` answers 503 beyond its limit.
+const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// HTTP/2 rapid reset (CVE-2023-44487): streams a client opens and resets before hyper has even
+/// accepted them cost the server without ever being counted as concurrent. Past this many at once
+/// the connection gets GOAWAY (ENHANCE_YOUR_CALM). The h2 crate's default, made explicit. A
+/// stream whose reset arrives after hyper accepted it has its request's future dropped, so the
+/// stack's work for it stops where it was (10 000 such streams: about 0.1 s, none forwarded).
+const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams the gateway itself must reset because the client broke the protocol on them (too many
+/// at once, oversized or malformed headers) before the connection gets GOAWAY (RUSTSEC-2024-0003).
+/// hyper's default is 1024; a well-behaved client causes none.
+const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 128;
+
+/// Explicit limits on what one connection may make the server hold or do (issue 7, hostile
+/// input; `tests/hostile.rs` proves each).
+fn hostile_input_limits(builder: &mut auto::Builder<TokioExecutor>) {
+    builder.http1().max_buf_size(H1_MAX_BUF_BYTES);
+    builder
+        .http2()
+        .max_header_list_size(H2_MAX_HEADER_LIST_BYTES)
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS);
 }
 
 #[cfg(test)]
