@@ -5,11 +5,13 @@
 //! hung up (or the request deadline passed) while the call was at the upstream, the meter hands
 //! the call's future to a task that waits for the answer and reads it, so the credits still reach
 //! the ledger and the client's budget (a client could otherwise spend past its budget by hanging
-//! up on every call). [`Detached`] counts those tasks so that a graceful stop can wait for them
-//! before it closes the ledger.
+//! up on every call). Likewise a metered body dropped before its end while its credits are still
+//! unknown is read to its end for its `_meta` (see `body`). [`Detached`] counts those tasks so
+//! that a graceful stop can wait for them before it closes the ledger.
 //!
-//! Their number is bounded by what was admitted upstream: each one holds a rate-limit slot's call,
-//! and lives at most `upstream.timeout` for the answer plus `upstream.timeout` to read its body.
+//! Their number is bounded by what was admitted upstream: each one is a call that took a
+//! rate-limit slot, and lives at most `upstream.timeout` for the answer plus `upstream.timeout`
+//! (and 16 MiB) to read its body.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -18,7 +18,7 @@ use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tower::{Layer, Service};
 
-use super::body::{BodyEnd, BodyOutcome, MeteredBody};
+use super::body::{BodyEnd, BodyOutcome, FinishWhenDropped, MeteredBody};
 use super::detached::Detached;
 use super::rewrite::NextPageRewriter;
 use crate::body::{boxed, Body, BoxError};
@@ -312,6 +312,14 @@ impl Meter {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
         let status = parts.status;
+        // Dropped by a client that hung up, a body whose credits the headers did not give is read
+        // to its end anyway (a call finished in the background already reads its own).
+        let finish =
+            (json && facts.credits_used.is_none() && !call.detached).then(|| FinishWhenDropped {
+                detached: meter.detached.clone(),
+                timeout: meter.detached_body_timeout,
+                limit: DETACHED_BODY_LIMIT,
+            });
         let body = MeteredBody::new(body, json, rewriter, move |end| {
             meter.record(
                 &call,
@@ -322,6 +330,10 @@ impl Meter {
                 end,
             );
         });
+        let body = match finish {
+            Some(finish) => body.finish_when_dropped(finish),
+            None => body,
+        };
         Response::from_parts(parts, boxed(body))
     }
 
