@@ -899,3 +899,30 @@ fn the_documented_example_config_parses() {
     assert!(!c.clients.clients.is_empty());
     assert!(c.clients.clients.iter().all(|c| !c.key_hashes.is_empty()));
 }
+
+#[test]
+fn key_hashes_are_equal_only_when_every_byte_is() {
+    let key = KeyHash::of_key("ofgw_some_client_key");
+    assert_eq!(key, KeyHash::of_key("ofgw_some_client_key"));
+    for at in [0, 15, 31] {
+        let mut other = key;
+        other.0[at] ^= 1;
+        assert_ne!(key, other, "byte {at}");
+    }
+    // The registry finds a client by its hash, and nothing by a hash one bit away.
+    let client = Arc::new(Client {
+        id: ClientId("c".into()),
+        key_hashes: vec![key],
+        disabled: false,
+        requests_per_minute: None,
+        credit_budget: None,
+        budget_period: BudgetPeriod::Month,
+        allow: None,
+        accounts: None,
+    });
+    let registry = ClientRegistry::new(vec![client]);
+    assert_eq!(registry.lookup(&key).map(|c| c.id.as_str()), Some("c"));
+    let mut near = key;
+    near.0[31] ^= 0x80;
+    assert!(registry.lookup(&near).is_none());
+}
