@@ -158,6 +158,20 @@ pub struct SandboxConfig {
 }
 
 /// A secret string: never printed by `Debug`, zeroed on drop.
+///
+/// Zeroing covers the gateway's own copies: this value, and the intermediate buffers it was read
+/// through (`validate.rs` wraps the env var's and the file's text in `Zeroizing`). It cannot
+/// cover copies owned by others, which are freed without being zeroed:
+/// - the process environment (`api_key_env`, `token_env`), which the gateway never rewrites;
+/// - the `Authorization` header value built by [`Secret::bearer_header`]: an immutable, shared
+///   `Bytes` (`http::HeaderValue`) cloned onto each upstream request; and what hyper copies of
+///   it into its connection write buffers (HTTP/1.1) or encodes into HPACK frames (HTTP/2, as a
+///   never-indexed literal since the value is marked sensitive), and rustls' TLS records;
+/// - for the admin token: the SHA-256 digests compared in `admin.rs` (of no use to present).
+///
+/// Presented client keys are never copied by the gateway: `bearer_token` borrows them from the
+/// request's header, which lives in hyper's read buffer until it is reused or freed (not
+/// zeroed), and SHA-256's block buffer on the stack (sha2 does not zero it).
 pub struct Secret {
     value: zeroize::Zeroizing<String>,
     /// `Bearer <value>`, built once on first use (marked sensitive: `Debug` hides it).
