@@ -298,6 +298,9 @@ const DEFAULT_LEDGER_PATH: &str = "data/ledger.sqlite";
 
 async fn serve(path: &Path, metering: bool) -> Result<(), BoxError> {
     let config = config::load(path)?;
+    if config.admin_is_open() {
+        tracing::warn!(admin = %config.admin.listen, "admin listener: {}", config::ADMIN_OPEN);
+    }
     let demo = demo_curl(&config);
     let gateway = Gateway::start_with(config, metering).await?;
     if !metering {

@@ -19,6 +19,7 @@ mod validate;
 mod tests;
 
 pub use error::ConfigError;
+pub use summary::ADMIN_OPEN;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
