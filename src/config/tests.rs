@@ -926,3 +926,22 @@ fn key_hashes_are_equal_only_when_every_byte_is() {
     near.0[31] ^= 0x80;
     assert!(registry.lookup(&near).is_none());
 }
+
+#[test]
+fn a_tls_key_file_without_a_key_or_with_a_broken_one_is_refused() {
+    let (cert, _key) = cert_and_key();
+    let tls = |key: &tempfile::NamedTempFile| {
+        format!(
+            "[server]\ntls_cert = {:?}\ntls_key = {:?}",
+            path_str(&cert),
+            path_str(key)
+        )
+    };
+    // The certificate file given as the key: PEM, but no private key in it.
+    let msg = refused(&tls(&cert), "server.tls_key");
+    assert!(msg.contains("holds no PEM private key"), "{msg}");
+    let broken =
+        temp_file(b"-----BEGIN PRIVATE KEY-----\n!!!not base64!!!\n-----END PRIVATE KEY-----\n");
+    let msg = refused(&tls(&broken), "server.tls_key");
+    assert!(msg.contains("is not valid PEM"), "{msg}");
+}
