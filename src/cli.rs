@@ -225,6 +225,9 @@ fn check(path: &Path) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// What every generated client key starts with (`keygen`), so a leaked one is recognisable.
+const KEY_PREFIX: &str = "ofgw_";
+
 #[allow(clippy::print_stdout)]
 fn keygen(name: &str) -> Result<(), BoxError> {
     let valid = (1..=64).contains(&name.len())
@@ -234,15 +237,16 @@ fn keygen(name: &str) -> Result<(), BoxError> {
     if !valid {
         return Err(format!("--name: {name:?} must match [a-z0-9_-]{{1,64}}").into());
     }
-    let mut random = [0u8; 32];
-    getrandom::fill(&mut random).map_err(|e| format!("no OS randomness: {e}"))?;
-    let key = format!(
-        "ofgw_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random)
-    );
+    // The key and its random bytes are zeroed when dropped. Built in place at its final size,
+    // so no reallocation leaves a copy behind; what cannot be zeroed is stdout's own buffer.
+    let mut random = zeroize::Zeroizing::new([0u8; 32]);
+    getrandom::fill(&mut *random).map_err(|e| format!("no OS randomness: {e}"))?;
+    let mut key = zeroize::Zeroizing::new(String::with_capacity(KEY_PREFIX.len() + 43));
+    key.push_str(KEY_PREFIX);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(random.as_slice(), &mut key);
     let hash = hex::encode(KeyHash::of_key(&key).0);
     println!("# The key for client {name:?}, shown only this once. Give it to the client:");
-    println!("{key}");
+    println!("{}", *key);
     println!();
     println!("# Paste into the gateway config (it holds only the key's SHA-256):");
     println!("[[clients]]");
@@ -294,6 +298,9 @@ const DEFAULT_LEDGER_PATH: &str = "data/ledger.sqlite";
 
 async fn serve(path: &Path, metering: bool) -> Result<(), BoxError> {
     let config = config::load(path)?;
+    if config.admin_is_open() {
+        tracing::warn!(admin = %config.admin.listen, "admin listener: {}", config::ADMIN_OPEN);
+    }
     let demo = demo_curl(&config);
     let gateway = Gateway::start_with(config, metering).await?;
     if !metering {

@@ -24,6 +24,7 @@ use tower::Service;
 use crate::body::BoxError;
 use crate::budget::Budgets;
 use crate::config::Config;
+use crate::layers::meter::detached::Detached;
 use crate::layers::meter::Meter;
 use crate::ledger::Ledger;
 use crate::limiter::Limiter;
@@ -51,8 +52,10 @@ pub struct Gateway {
     /// Kept to apply reloaded limits and budgets.
     limiter: Limiter,
     budgets: Budgets,
-    /// Flushed and closed once the client listener has drained.
+    /// Flushed and closed once the client listener has drained...
     ledger: Ledger,
+    /// ...and the calls whose clients hung up have been finished and metered.
+    detached: Detached,
     pub metrics: Metrics,
     /// Cleared as shutdown begins, so `/readyz` turns 503 while connections drain.
     ready: Arc<AtomicBool>,
@@ -126,6 +129,7 @@ impl Gateway {
         let budgets = Budgets::new(&config, |since| spent_since(&ledger, since));
         let limiter = Limiter::new(&config);
         let metrics = Metrics::new();
+        let detached = Detached::default();
         let meter = Arc::new(Meter {
             metrics: metrics.clone(),
             ledger: Some(ledger.clone()),
@@ -139,6 +143,8 @@ impl Gateway {
                 .unwrap_or_else(|| own_url(config.server.tls.is_some(), client_addr)),
             low_balance_warning: config.credits.low_balance_warning,
             balance: Default::default(),
+            detached: detached.clone(),
+            detached_body_timeout: config.upstream.timeout,
         });
         let config: SharedConfig = Arc::new(ArcSwap::from_pointee(config));
         let ready = Arc::new(AtomicBool::new(true));
@@ -179,6 +185,7 @@ impl Gateway {
             limiter,
             budgets,
             ledger,
+            detached,
             metrics,
             ready,
             stop_client,
@@ -240,9 +247,21 @@ impl Gateway {
 
     /// Stops accepting, lets in-flight requests finish within `shutdown_grace`, then returns.
     pub async fn shutdown(self) {
+        let deadline = tokio::time::Instant::now() + self.config.load().server.shutdown_grace;
         self.ready.store(false, Ordering::SeqCst);
         let _ = self.stop_client.send(true);
         let _ = self.client_task.await;
+        // Calls whose client hung up are still being answered upstream: they cost credits too.
+        if tokio::time::timeout_at(deadline, self.detached.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                calls = self.detached.running(),
+                "shutdown grace expired before every call of a client that hung up was \
+                 answered; those calls will be missing from the ledger"
+            );
+        }
         // Every answered call has recorded its row by now: write them all.
         if let Err(error) = self.ledger.close().await {
             tracing::error!(%error, "the ledger could not write every row");

@@ -967,6 +967,126 @@ async fn budget_reservations_are_released_when_the_upstream_fails() {
     .await
 }
 
+/// A client that sends a call and goes away while the upstream is answering it: the upstream
+/// still does the work and charges for it, so the gateway must still meter it (ledger row with
+/// the real credits, budget charged), even when the credits are only in the body's `_meta` and
+/// the gateway stops right after. Found by the soak (benches/soak.sh): such calls used to leave
+/// no ledger row at all, and released their budget reservation, so a client could spend
+/// credits past its budget by hanging up on every call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_client_hangs_up_while_it_is_upstream_is_still_metered() {
+    let _shared = MEMORY.read().await;
+    bounded(60, async {
+        let gate = Gate::new();
+        let held = gate.clone();
+        // Credits only in the body: the gateway has to read the answer to know them.
+        let mock = MockUpstream::start(move |req| match req.header("x-request-id") {
+            Some("hangs-up") => Reply::json(200, FIXTURE).gated(&held),
+            _ => Reply::json(200, FIXTURE),
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let gw = start(with_budget(
+            build_config(&mock.base_url(), Options::default(), dir.path()),
+            "alpha",
+            1,
+        ))
+        .await;
+
+        let body = r#"{"label":"gone"}"#;
+        let head = format!(
+            "PUT {} HTTP/1.1\r\nhost: gw\r\nx-request-id: hangs-up\r\n\
+             authorization: Bearer {ALPHA_KEY}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n{body}",
+            tracking_link_path(ACCOUNT),
+            body.len()
+        );
+        let mut stream = TcpStream::connect(gw.client_addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes())
+            .await
+            .unwrap();
+        mock.wait_for_count(1).await;
+        drop(stream);
+        // Give the gateway time to see the hang-up and drop the request, then let the upstream
+        // answer (and charge).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        gate.open();
+
+        // The call is metered once the upstream's answer is read...
+        let http = HttpClient::http1();
+        let metrics = format!("http://{}/metrics", gw.admin_addr);
+        let charged = r#"ofapi_gateway_credits_used_total{client="alpha""#;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !http.get(&metrics, None).await.text().contains(charged) {
+            assert!(
+                Instant::now() < deadline,
+                "the hung-up call was never metered"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // ...and its credit counts against alpha's budget of 1: the next call is refused.
+        assert_gateway_error(
+            &put_link(&http, &gw, ALPHA_KEY).await,
+            402,
+            "budget_exceeded",
+        );
+        drop(http);
+        gw.shutdown().await;
+
+        let rows = ledger_rows(&dir.path().join("ledger.sqlite"));
+        let row = row_of(&rows, "hangs-up");
+        assert_eq!(row.credits_used, Some(1), "{row:?}");
+        assert_eq!(row.balance, Some(10055796), "{row:?}");
+        assert_eq!(row.status, 200, "{row:?}");
+        assert_eq!(row.outcome, "cut", "the client got nothing: {row:?}");
+    })
+    .await
+}
+
+/// The same, with the gateway told to stop while the hung-up call is still at the upstream: the
+/// graceful stop waits for its answer before it closes the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_waits_for_the_calls_of_clients_that_hung_up() {
+    let _shared = MEMORY.read().await;
+    bounded(60, async {
+        let gate = Gate::new();
+        let held = gate.clone();
+        let mock = MockUpstream::start(move |_| Reply::fixture().gated(&held)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let gw = start(build_config(
+            &mock.base_url(),
+            Options::default(),
+            dir.path(),
+        ))
+        .await;
+        let head = format!(
+            "GET /api/whoami HTTP/1.1\r\nhost: gw\r\nx-request-id: hangs-up-late\r\n\
+             authorization: Bearer {ALPHA_KEY}\r\n\r\n"
+        );
+        let mut stream = TcpStream::connect(gw.client_addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes())
+            .await
+            .unwrap();
+        mock.wait_for_count(1).await;
+        drop(stream);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let stopping = tokio::spawn(gw.shutdown());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !stopping.is_finished(),
+            "the stop did not wait for the call"
+        );
+        gate.open();
+        stopping.await.unwrap();
+
+        let rows = ledger_rows(&dir.path().join("ledger.sqlite"));
+        let row = row_of(&rows, "hangs-up-late");
+        assert_eq!((row.status, row.credits_used), (200, Some(1)), "{row:?}");
+        assert_eq!(row.outcome, "cut", "{row:?}");
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------------
 // The real binary
 // ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ mod validate;
 mod tests;
 
 pub use error::ConfigError;
+pub use summary::ADMIN_OPEN;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -158,6 +159,20 @@ pub struct SandboxConfig {
 }
 
 /// A secret string: never printed by `Debug`, zeroed on drop.
+///
+/// Zeroing covers the gateway's own copies: this value, and the intermediate buffers it was read
+/// through (`validate.rs` wraps the env var's and the file's text in `Zeroizing`). It cannot
+/// cover copies owned by others, which are freed without being zeroed:
+/// - the process environment (`api_key_env`, `token_env`), which the gateway never rewrites;
+/// - the `Authorization` header value built by [`Secret::bearer_header`]: an immutable, shared
+///   `Bytes` (`http::HeaderValue`) cloned onto each upstream request; and what hyper copies of
+///   it into its connection write buffers (HTTP/1.1) or encodes into HPACK frames (HTTP/2, as a
+///   never-indexed literal since the value is marked sensitive), and rustls' TLS records;
+/// - for the admin token: the SHA-256 digests compared in `admin.rs` (of no use to present).
+///
+/// Presented client keys are never copied by the gateway: `bearer_token` borrows them from the
+/// request's header, which lives in hyper's read buffer until it is reused or freed (not
+/// zeroed), and SHA-256's block buffer on the stack (sha2 does not zero it).
 pub struct Secret {
     value: zeroize::Zeroizing<String>,
     /// `Bearer <value>`, built once on first use (marked sensitive: `Debug` hides it).
@@ -196,8 +211,27 @@ impl std::fmt::Debug for Secret {
 }
 
 /// SHA-256 of a client key: the only form in which client keys are stored.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// Equality is constant-time (`subtle`): comparing a presented key's hash with a stored one takes
+/// the same time whichever byte differs. See [`ClientRegistry::lookup`] for the whole argument.
+#[derive(Clone, Copy)]
 pub struct KeyHash(pub [u8; 32]);
+
+impl PartialEq for KeyHash {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(self.0.ct_eq(&other.0))
+    }
+}
+
+impl Eq for KeyHash {}
+
+// Written out because `PartialEq` is: equal values (same bytes) hash the same, as `HashMap` needs.
+impl std::hash::Hash for KeyHash {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl KeyHash {
     pub fn of_key(key: &str) -> Self {
@@ -263,6 +297,31 @@ impl ClientRegistry {
             .collect();
         Self { clients, by_hash }
     }
+    /// The client holding this key hash, if any.
+    ///
+    /// # Timing
+    ///
+    /// Authentication must not let a client learn, from how long a refusal takes, anything that
+    /// brings it closer to a valid key. What it goes through:
+    ///
+    /// 1. `bearer_token` parses the presented key: its time depends on the presented bytes only,
+    ///    which the caller already knows.
+    /// 2. [`KeyHash::of_key`] hashes it with SHA-256: time depends only on the key's length.
+    ///    From here on the attacker's input is a SHA-256 digest it cannot steer: choosing a key
+    ///    whose digest starts with given bytes is a preimage search.
+    /// 3. This lookup: `HashMap` with std's `RandomState` (SipHash-1-3 under a random per-process
+    ///    key) picks the bucket group and probes it. Which group, and how many probes, depend on
+    ///    that secret SipHash key and on the table's layout, not on any stored hash's bytes in a
+    ///    way the caller can relate to its input; at worst it learns whether its digest's SipHash
+    ///    collides with a stored one, which says nothing about the stored key.
+    /// 4. Candidates are compared with [`KeyHash`]'s constant-time equality (`subtle::ct_eq` over
+    ///    all 32 bytes): no early exit at the first differing byte. Even a byte-by-byte compare
+    ///    would leak only how many leading bytes of an uncontrollable digest match a stored
+    ///    SHA-256 — of no use without a preimage — but there is no reason to leak even that.
+    ///
+    /// What does differ by outcome (unknown vs disabled vs valid key) is stated by the answer
+    /// itself (401 with its reason, or the call going through), so timing adds nothing. The
+    /// admin token is compared the same way: SHA-256 of both sides, then `ct_eq` (`admin.rs`).
     pub fn lookup(&self, hash: &KeyHash) -> Option<&Arc<Client>> {
         self.by_hash.get(hash)
     }

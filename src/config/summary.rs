@@ -26,7 +26,17 @@ fn d(duration: Duration) -> String {
     humantime::format_duration(duration).to_string()
 }
 
+/// Said by `check` and logged as a warning by `serve` when the admin listener is reachable
+/// from other hosts and needs no token.
+pub const ADMIN_OPEN: &str = "no token, and not on loopback: /metrics and /usage are open to \
+                              anyone who can reach it; set admin.token_env";
+
 impl Config {
+    /// Whether the admin listener is reachable from other hosts without a token.
+    pub fn admin_is_open(&self) -> bool {
+        self.admin.token.is_none() && !self.admin.listen.ip().is_loopback()
+    }
+
     /// A multi-line summary of listeners, upstream, limits, ledger and clients. Never contains
     /// a secret: the upstream key and admin token appear only as where they come from / whether
     /// they are set.
@@ -70,8 +80,10 @@ impl Config {
             self.admin.listen,
             if self.admin.token.is_some() {
                 "bearer token required for /metrics and /usage"
-            } else {
+            } else if self.admin.listen.ip().is_loopback() {
                 "no token"
+            } else {
+                ADMIN_OPEN
             }
         )?;
         let u = &self.upstream;

@@ -899,3 +899,49 @@ fn the_documented_example_config_parses() {
     assert!(!c.clients.clients.is_empty());
     assert!(c.clients.clients.iter().all(|c| !c.key_hashes.is_empty()));
 }
+
+#[test]
+fn key_hashes_are_equal_only_when_every_byte_is() {
+    let key = KeyHash::of_key("ofgw_some_client_key");
+    assert_eq!(key, KeyHash::of_key("ofgw_some_client_key"));
+    for at in [0, 15, 31] {
+        let mut other = key;
+        other.0[at] ^= 1;
+        assert_ne!(key, other, "byte {at}");
+    }
+    // The registry finds a client by its hash, and nothing by a hash one bit away.
+    let client = Arc::new(Client {
+        id: ClientId("c".into()),
+        key_hashes: vec![key],
+        disabled: false,
+        requests_per_minute: None,
+        credit_budget: None,
+        budget_period: BudgetPeriod::Month,
+        allow: None,
+        accounts: None,
+    });
+    let registry = ClientRegistry::new(vec![client]);
+    assert_eq!(registry.lookup(&key).map(|c| c.id.as_str()), Some("c"));
+    let mut near = key;
+    near.0[31] ^= 0x80;
+    assert!(registry.lookup(&near).is_none());
+}
+
+#[test]
+fn a_tls_key_file_without_a_key_or_with_a_broken_one_is_refused() {
+    let (cert, _key) = cert_and_key();
+    let tls = |key: &tempfile::NamedTempFile| {
+        format!(
+            "[server]\ntls_cert = {:?}\ntls_key = {:?}",
+            path_str(&cert),
+            path_str(key)
+        )
+    };
+    // The certificate file given as the key: PEM, but no private key in it.
+    let msg = refused(&tls(&cert), "server.tls_key");
+    assert!(msg.contains("holds no PEM private key"), "{msg}");
+    let broken =
+        temp_file(b"-----BEGIN PRIVATE KEY-----\n!!!not base64!!!\n-----END PRIVATE KEY-----\n");
+    let msg = refused(&tls(&broken), "server.tls_key");
+    assert!(msg.contains("is not valid PEM"), "{msg}");
+}

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use zeroize::Zeroizing;
 
 use super::raw::{OneOrMany, RawBudgetPeriod, RawClient, RawConfig, RawSandbox};
@@ -196,9 +198,9 @@ impl Ctx<'_> {
         &self,
         key: &str,
         path: &str,
-    ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ConfigError> {
+    ) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
         let pem = self.read_file(key, path)?;
-        let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        let certs = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.err(key, format!("{path} is not valid PEM ({e})")))?;
         if certs.is_empty() {
@@ -212,9 +214,10 @@ impl Ctx<'_> {
         const KEY: &str = "server.tls_key";
         let certs = self.pem_certs(CERT, cert)?;
         let key_pem = Zeroizing::new(self.read_file(KEY, key)?);
-        let private_key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-            .map_err(|e| self.err(KEY, format!("{key} is not valid PEM ({e})")))?
-            .ok_or_else(|| self.err(KEY, format!("{key} holds no PEM private key")))?;
+        let private_key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+            pem::Error::NoItemsFound => self.err(KEY, format!("{key} holds no PEM private key")),
+            e => self.err(KEY, format!("{key} is not valid PEM ({e})")),
+        })?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut server_config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

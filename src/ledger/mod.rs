@@ -69,7 +69,8 @@ pub enum Outcome {
     /// The whole body was delivered.
     Complete,
     /// The body ended early: the client went away or the upstream reset the stream. The
-    /// credits were still spent if the upstream said so.
+    /// credits were still spent if the upstream said so. Also a call whose client hung up
+    /// before the answer came: the gateway finished it anyway, `status` is the upstream's.
     Cut,
     /// No upstream response was delivered (gateway error, upstream failure).
     Error,

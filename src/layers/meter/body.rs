@@ -7,6 +7,11 @@
 //! since hyper stops polling a body that says it has ended), when it fails, or when the body is
 //! dropped before its end because the client went away.
 //!
+//! A body dropped before its end whose credits are still unknown (a JSON answer whose headers did
+//! not say them, its `_meta` not read yet) can be set to read the rest on a background task
+//! ([`MeteredBody::finish_when_dropped`]): the upstream charged for the whole answer whether or
+//! not the client stayed for it, and its `_meta` is at the end.
+//!
 //! # Content-Length
 //!
 //! With a rewriter whose [`NextPageRewriter::may_change_length`] is true (see
@@ -16,11 +21,14 @@
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
 
+use super::detached::Detached;
 use super::rewrite::NextPageRewriter;
 use super::scan::{MetaFound, MetaScanner};
 use crate::body::{Body, BoxError};
@@ -60,6 +68,17 @@ impl BodyEnd {
 /// Called once with the body's [`BodyEnd`].
 pub type OnEnd = Box<dyn FnOnce(BodyEnd) + Send>;
 
+/// How a body dropped before its end is read to its end in the background.
+#[derive(Clone, Debug)]
+pub struct FinishWhenDropped {
+    /// Counts the background read, so a graceful stop waits for it.
+    pub detached: Detached,
+    /// The longest the background read may take.
+    pub timeout: Duration,
+    /// The most bytes it reads; past them the body is reported with what was found.
+    pub limit: u64,
+}
+
 /// The stack's [`Body`], metered; see the module docs.
 pub struct MeteredBody {
     inner: Body,
@@ -76,6 +95,8 @@ pub struct MeteredBody {
     done: bool,
     /// Taken when the report is made, which makes it happen at most once.
     on_end: Option<OnEnd>,
+    /// Set: dropped early with its credits unknown, the rest is read in the background.
+    finish: Option<FinishWhenDropped>,
 }
 
 impl MeteredBody {
@@ -97,7 +118,38 @@ impl MeteredBody {
             trailers: None,
             done: false,
             on_end: Some(Box::new(on_end)),
+            finish: None,
         }
+    }
+
+    /// Dropped before its end with its credits still unknown, the body is read to its end on a
+    /// background task (see the module docs), within `finish`'s bounds, and reported then.
+    pub fn finish_when_dropped(mut self, finish: FinishWhenDropped) -> Self {
+        self.finish = Some(finish);
+        self
+    }
+
+    /// Reads what is left of the inner body for `_meta` (nothing is handed on), then reports
+    /// the body as dropped. Bounded by `limit` bytes; the caller bounds the time.
+    async fn read_rest(mut self, limit: u64) {
+        let mut read = 0u64;
+        while read <= limit {
+            match self.inner.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        read += data.len() as u64;
+                        if let Some(scanner) = &mut self.scanner {
+                            scanner.feed(&data);
+                        }
+                        if let Some(rewriter) = &mut self.rewriter {
+                            drop(rewriter.push(data));
+                        }
+                    }
+                }
+                Some(Err(_)) | None => break,
+            }
+        }
+        self.end(BodyOutcome::Dropped);
     }
 
     /// True when the body's length may differ from the upstream's: the caller must then remove
@@ -262,13 +314,34 @@ impl Drop for MeteredBody {
             return;
         }
         // A body hyper never polled because it was already at its end is complete, not dropped.
-        let outcome =
-            if self.trailers.is_none() && self.inner.is_end_stream() && self.held_len() == 0 {
-                BodyOutcome::Complete
-            } else {
-                BodyOutcome::Dropped
-            };
-        self.end(outcome);
+        if self.trailers.is_none() && self.inner.is_end_stream() && self.held_len() == 0 {
+            return self.end(BodyOutcome::Complete);
+        }
+        let unknown = !self.done && self.json && self.found().credits_used.is_none();
+        if let (true, Some(finish)) = (unknown, self.finish.take()) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let rest = MeteredBody {
+                    inner: std::mem::replace(&mut self.inner, crate::body::empty()),
+                    scanner: self.scanner.take(),
+                    rewriter: self.rewriter.take(),
+                    json: self.json,
+                    bytes: self.bytes,
+                    trailers: None,
+                    done: false,
+                    on_end: self.on_end.take(),
+                    finish: None,
+                };
+                let guard = finish.detached.enter();
+                runtime.spawn(async move {
+                    let _guard = guard;
+                    // Past the deadline `rest` is dropped: it reports what it found by then.
+                    let _ =
+                        tokio::time::timeout(finish.timeout, rest.read_rest(finish.limit)).await;
+                });
+                return;
+            }
+        }
+        self.end(BodyOutcome::Dropped);
     }
 }
 
@@ -390,6 +463,48 @@ mod tests {
         assert_eq!(reports.lock().unwrap()[0].outcome, BodyOutcome::Complete);
         drop(body);
         assert_eq!(reports.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_meta_is_read_to_its_end_in_the_background() {
+        let (reports, on_end) = recorder();
+        let detached = Detached::default();
+        let finish = FinishWhenDropped {
+            detached: detached.clone(),
+            timeout: std::time::Duration::from_secs(5),
+            limit: 1 << 20,
+        };
+        let mut body = MeteredBody::new(chunked(fixture_in(5)), true, None, on_end)
+            .finish_when_dropped(finish.clone());
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        drop(body);
+        detached.idle().await;
+        assert_eq!(
+            *reports.lock().unwrap(),
+            [BodyEnd {
+                found: fixture_found(),
+                outcome: BodyOutcome::Dropped,
+                bytes: first.len() as u64,
+            }]
+        );
+
+        // Not JSON: there is nothing to find, nothing is read.
+        let (reports, on_end) = recorder();
+        let mut body = MeteredBody::new(chunked(fixture_in(5)), false, None, on_end)
+            .finish_when_dropped(finish.clone());
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        assert_eq!(detached.running(), 0);
+        assert_eq!(reports.lock().unwrap()[0].outcome, BodyOutcome::Dropped);
+
+        // Past its byte limit it reports what it found by then.
+        let (reports, on_end) = recorder();
+        let mut body = MeteredBody::new(chunked(fixture_in(5)), true, None, on_end)
+            .finish_when_dropped(FinishWhenDropped { limit: 0, ..finish });
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        detached.idle().await;
+        assert_eq!(reports.lock().unwrap()[0].found, MetaFound::default());
     }
 
     #[tokio::test]

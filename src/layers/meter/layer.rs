@@ -3,18 +3,23 @@
 //! metrics, the ledger, the client's budget, the balance watch, and — for what the headers did not
 //! already say — the limiter. It sits right above the upstream client, so it sees the upstream's
 //! answer as it is and times the upstream alone.
+//!
+//! A call whose client hangs up while it is at the upstream is not dropped with the client's
+//! request: the upstream charges for it all the same, so it is finished in the background and
+//! metered like any other (see `detached`).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
-use pin_project_lite::pin_project;
+use http_body_util::BodyExt;
 use tower::{Layer, Service};
 
-use super::body::{BodyEnd, BodyOutcome, MeteredBody};
+use super::body::{BodyEnd, BodyOutcome, FinishWhenDropped, MeteredBody};
+use super::detached::Detached;
 use super::rewrite::NextPageRewriter;
 use crate::body::{boxed, Body, BoxError};
 use crate::budget::{Budgets, Reservation};
@@ -41,7 +46,21 @@ pub struct Meter {
     /// WARN once when the balance falls below this.
     pub low_balance_warning: u64,
     pub balance: Mutex<BalanceWatch>,
+    /// Calls finished in the background after their client hung up; a graceful stop waits for
+    /// them before it closes the ledger.
+    pub detached: Detached,
+    /// How long such a call may take to deliver its answer's body once its headers are in
+    /// (`upstream.timeout`; the wait for the headers is bounded by the upstream client).
+    pub detached_body_timeout: Duration,
 }
+
+/// The most of a background call's answer read for its `_meta`; past it the call is recorded
+/// with what its headers said.
+const DETACHED_BODY_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// The status recorded for a call whose answer never came back because the gateway stopped
+/// before it could finish it in the background (nginx's "client closed request").
+const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// Follows the credit balance between answers.
 #[derive(Default)]
@@ -90,11 +109,16 @@ struct Call {
     reservation: Option<Arc<Reservation>>,
     received_at: Instant,
     sent_at: Instant,
+    /// The client hung up before the answer came: finished in the background, recorded as cut.
+    detached: bool,
 }
 
 impl<S> Service<Request<Body>> for Metered<S>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
+    // Owned, movable and sendable, so that it can be finished on its own task when the client
+    // hangs up (the upstream client's future is a `Pin<Box<..>>`).
+    S::Future: Send + Unpin + 'static,
 {
     type Response = Response<Body>;
     type Error = BoxError;
@@ -125,41 +149,97 @@ where
             reservation: ext.get::<Arc<Reservation>>().cloned(),
             received_at: ext.get::<ReceivedAt>().map_or(now, |r| r.0),
             sent_at: now,
+            detached: false,
         };
         ResponseFuture {
-            inner: self.inner.call(req),
+            inner: Some(self.inner.call(req)),
             call: Some(call),
             meter: self.meter.clone(),
         }
     }
 }
 
-pin_project! {
-    pub struct ResponseFuture<F> {
-        #[pin]
-        inner: F,
-        call: Option<Call>,
-        meter: Arc<Meter>,
-    }
+/// The call's future. Dropped before the upstream has answered (the client hung up, or the
+/// request deadline passed), it hands the call to a background task rather than abandoning it:
+/// see [`Meter::detach`].
+pub struct ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, BoxError>> + Send + Unpin + 'static,
+{
+    /// `None` once it has answered.
+    inner: Option<F>,
+    call: Option<Call>,
+    meter: Arc<Meter>,
 }
 
 impl<F> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<Response<Body>, BoxError>>,
+    F: Future<Output = Result<Response<Body>, BoxError>> + Send + Unpin + 'static,
 {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = ready!(this.inner.poll(cx));
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(Err("polled after completion".into()));
+        };
+        let result = ready!(Pin::new(inner).poll(cx));
+        this.inner = None;
         let Some(call) = this.call.take() else {
             return Poll::Ready(result);
         };
-        Poll::Ready(match result {
-            Ok(response) => Ok(Meter::wrap(this.meter.clone(), call, response)),
+        Poll::Ready(this.meter.clone().answered(call, result))
+    }
+}
+
+impl<F> Drop for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, BoxError>> + Send + Unpin + 'static,
+{
+    fn drop(&mut self) {
+        if let (Some(call), Some(inner)) = (self.call.take(), self.inner.take()) {
+            Meter::detach(self.meter.clone(), call, inner);
+        }
+    }
+}
+
+/// Records a background call with unknown credits if it is dropped before it got that far (the
+/// runtime stopped under it): a row that says "unknown" rather than no row at all.
+struct Unfinished {
+    meter: Arc<Meter>,
+    call: Option<Call>,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            let status =
+                StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_GATEWAY);
+            self.meter.record(
+                &call,
+                status,
+                None,
+                Outcome::Cut,
+                UpstreamHeaders::default(),
+                BodyEnd::empty(),
+            );
+        }
+    }
+}
+
+impl Meter {
+    /// The upstream client's result: a response whose body is metered as it streams, or an
+    /// error recorded at once.
+    fn answered(
+        self: Arc<Self>,
+        call: Call,
+        result: Result<Response<Body>, BoxError>,
+    ) -> Result<Response<Body>, BoxError> {
+        match result {
+            Ok(response) => Ok(Meter::wrap(self, call, response)),
             Err(error) => {
                 let status = GatewayError::classify(error.as_ref()).status();
-                this.meter.record(
+                self.record(
                     &call,
                     status,
                     None,
@@ -169,11 +249,54 @@ where
                 );
                 Err(error)
             }
-        })
+        }
     }
-}
 
-impl Meter {
+    /// Finishes a call whose client went away while it was at the upstream: waits for the
+    /// answer on its own task, reads its body (up to [`DETACHED_BODY_LIMIT`], within
+    /// `detached_body_timeout`) so that `_meta` is read and the upstream connection can be
+    /// reused, and records it as cut. Without a runtime to run on, records it at once with
+    /// unknown credits.
+    fn detach<F>(meter: Arc<Self>, mut call: Call, inner: F)
+    where
+        F: Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
+    {
+        call.detached = true;
+        let unfinished = Unfinished {
+            meter: Arc::clone(&meter),
+            call: Some(call),
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return drop(unfinished);
+        };
+        let guard = meter.detached.enter();
+        runtime.spawn(async move {
+            let _guard = guard;
+            let mut unfinished = unfinished;
+            let result = inner.await;
+            let Some(call) = unfinished.call.take() else {
+                return;
+            };
+            let limit = meter.detached_body_timeout;
+            if let Ok(response) = Arc::clone(&meter).answered(call, result) {
+                let mut body = response.into_body();
+                let _ = tokio::time::timeout(limit, async {
+                    let mut read = 0u64;
+                    while read <= DETACHED_BODY_LIMIT {
+                        match body.frame().await {
+                            Some(Ok(frame)) => {
+                                read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                            }
+                            Some(Err(_)) | None => break,
+                        }
+                    }
+                })
+                .await;
+                // Dropping the metered body records the call, if its end has not already.
+            }
+        });
+    }
+
     /// Wraps the body so the call is recorded when it ends.
     fn wrap(meter: Arc<Self>, call: Call, response: Response<Body>) -> Response<Body> {
         let upstream_ms = call.sent_at.elapsed().as_millis() as u64;
@@ -189,6 +312,14 @@ impl Meter {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
         let status = parts.status;
+        // Dropped by a client that hung up, a body whose credits the headers did not give is read
+        // to its end anyway (a call finished in the background already reads its own).
+        let finish =
+            (json && facts.credits_used.is_none() && !call.detached).then(|| FinishWhenDropped {
+                detached: meter.detached.clone(),
+                timeout: meter.detached_body_timeout,
+                limit: DETACHED_BODY_LIMIT,
+            });
         let body = MeteredBody::new(body, json, rewriter, move |end| {
             meter.record(
                 &call,
@@ -199,6 +330,10 @@ impl Meter {
                 end,
             );
         });
+        let body = match finish {
+            Some(finish) => body.finish_when_dropped(finish),
+            None => body,
+        };
         Response::from_parts(parts, boxed(body))
     }
 
@@ -212,6 +347,11 @@ impl Meter {
         headers: UpstreamHeaders,
         end: BodyEnd,
     ) {
+        // The client got nothing of a call finished in the background.
+        let outcome = match outcome {
+            Outcome::Complete if call.detached => Outcome::Cut,
+            other => other,
+        };
         let found = end.found;
         let used = found.credits_used.or(headers.credits_used);
         let balance = found.balance.or(headers.balance);
