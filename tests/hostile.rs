@@ -880,8 +880,9 @@ async fn assert_responsive(gw: &TestGateway) {
 /// it depends on timing whether a reset arrives before hyper accepted its stream (past 20 such at
 /// once h2 sends GOAWAY, ENHANCE_YOUR_CALM: seen in some runs after a few dozen or hundred
 /// streams) or after (hyper drops the request's future, so the stack's work for it stops where it
-/// was; 10 000 streams take about 0.2 s). Either way few (in practice none) reach the upstream,
-/// and other clients are served during and after.
+/// was, unless it was already forwarded: then it is finished and metered like any call whose
+/// client hung up; 10 000 streams take about 0.2 s). Either way few (in practice 0 or 1) reach
+/// the upstream, and other clients are served during and after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_rapid_reset_streams_are_cancelled_and_others_are_still_served() {
     bounded(30, async {
@@ -921,12 +922,9 @@ async fn h2_rapid_reset_streams_are_cancelled_and_others_are_still_served() {
             forwarded < 100,
             "{forwarded} of {opened} reset requests reached the upstream"
         );
-        for got in mock.received() {
-            assert!(
-                !got.body_complete,
-                "a reset request reached the upstream whole"
-            );
-        }
+        // A stream reset after the stack forwarded it is a call the upstream received: like any
+        // client that hangs up, it is finished and metered in the background (see
+        // `meter::detached`), so the few that got that far do reach the upstream.
     })
     .await
 }
