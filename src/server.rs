@@ -3,9 +3,12 @@
 //! on shutdown stops accepting and lets in-flight requests finish within `shutdown_grace`.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -13,10 +16,10 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use pin_project_lite::pin_project;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
@@ -34,10 +37,12 @@ use crate::stack::StackParts;
 use crate::upstream::UpstreamClient;
 use crate::{admin, sandbox, stack};
 
-/// How long a client may take to send a request's headers (slow-loris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client may take to finish a TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open connections at most on the admin listener: probes and scrapes need a handful.
+const ADMIN_MAX_CONNECTIONS: usize = 256;
+/// At the connection cap, at most one warning per this long.
+const AT_CAP_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 /// A running gateway. Dropping it does not stop it; call [`Gateway::shutdown`].
 pub struct Gateway {
@@ -110,6 +115,14 @@ impl Gateway {
         };
         let upstream = UpstreamClient::new(&config.upstream, &base_url)?;
         let grace = config.server.shutdown_grace;
+        let client_limits = ConnectionLimits {
+            max_connections: config.server.max_connections,
+            header_read_timeout: config.server.header_read_timeout,
+        };
+        let admin_limits = ConnectionLimits {
+            max_connections: ADMIN_MAX_CONNECTIONS,
+            ..client_limits
+        };
         let tls = config.server.tls.as_ref().map(|tls| {
             Arc::new(ArcSwap::from_pointee(TlsAcceptor::from(Arc::clone(
                 &tls.server_config,
@@ -168,6 +181,7 @@ impl Gateway {
             client_service,
             client_stopped,
             grace,
+            client_limits,
         ));
         other_tasks.push(tokio::spawn(accept_loop(
             admin_listener,
@@ -175,6 +189,7 @@ impl Gateway {
             admin_service,
             rest_stopped,
             grace,
+            admin_limits,
         )));
         Ok(Self {
             client_addr,
@@ -233,6 +248,8 @@ impl Gateway {
         if old.server.max_body_bytes != new.server.max_body_bytes
             || old.server.request_timeout != new.server.request_timeout
             || old.server.max_concurrent_requests != new.server.max_concurrent_requests
+            || old.server.header_read_timeout != new.server.header_read_timeout
+            || old.server.max_connections != new.server.max_connections
         {
             needs_restart.push("server limits");
         }
@@ -298,13 +315,32 @@ async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, BoxError> {
         .map_err(|e| format!("{key}: cannot listen on {addr}: {e}").into())
 }
 
+/// How a listener treats its connections.
+#[derive(Clone, Copy, Debug)]
+struct ConnectionLimits {
+    /// Open connections at most (`server.max_connections`).
+    max_connections: usize,
+    /// `server.header_read_timeout`: the time a client has to send a request's headers, and
+    /// the time a connection may go without a request in flight.
+    header_read_timeout: Duration,
+}
+
 /// Accepts connections until told to stop, then drains them for at most `grace`.
+///
+/// At most `limits.max_connections` connections are open at once. One over the cap is accepted
+/// and closed at once rather than left in the kernel's backlog: its client sees the connection
+/// close straight away and can retry (or its load balancer can pick another instance), instead
+/// of waiting on a connection nobody will read, while the gateway spends nothing on it. The cap
+/// exists so that a flood of idle connections runs into it, not into the process's memory or
+/// file-descriptor limit; idle connections are closed after `header_read_timeout` (see
+/// [`serve_connection`]), so slots come back on their own.
 async fn accept_loop<S, B>(
     listener: TcpListener,
     tls: Option<Arc<ArcSwap<TlsAcceptor>>>,
     service: S,
     mut stopped: watch::Receiver<bool>,
     grace: Duration,
+    limits: ConnectionLimits,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
@@ -314,13 +350,16 @@ async fn accept_loop<S, B>(
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let graceful = GracefulShutdown::new();
     let mut connections = tokio::task::JoinSet::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // Each connection watches the stop signal itself, to close gracefully.
+    let stop_signal = stopped.clone();
+    let mut at_cap = AtCap::default();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(limits.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     hostile_input_limits(&mut builder);
     loop {
@@ -335,44 +374,38 @@ async fn accept_loop<S, B>(
                         continue;
                     }
                 };
-                let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(service.clone());
-                let watcher = graceful.watcher();
-                let builder = builder.clone();
-                let tls = tls.as_ref().map(|acceptor| acceptor.load_full());
                 // Reap finished connection tasks so the set does not grow.
                 while connections.try_join_next().is_some() {}
-                connections.spawn(async move {
-                    let result = match tls {
-                        None => {
-                            let conn = builder.serve_connection(TokioIo::new(stream), service);
-                            watcher.watch(conn.into_owned()).await
-                        }
-                        Some(acceptor) => {
-                            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
-                            let Ok(Ok(stream)) = handshake else {
-                                tracing::debug!("TLS handshake failed or timed out");
-                                return;
-                            };
-                            let conn = builder.serve_connection(TokioIo::new(stream), service);
-                            watcher.watch(conn.into_owned()).await
-                        }
-                    };
-                    if let Err(error) = result {
-                        tracing::debug!(%error, "connection ended with an error");
-                    }
-                });
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    at_cap.refused(limits.max_connections);
+                    drop(stream);
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                connections.spawn(serve_connection(
+                    stream,
+                    tls.as_ref().map(|acceptor| acceptor.load_full()),
+                    builder.clone(),
+                    service.clone(),
+                    stop_signal.clone(),
+                    limits.header_read_timeout,
+                    slot,
+                ));
             }
             _ = stop_requested(&mut stopped) => break,
         }
     }
     drop(listener);
-    let open = graceful.count();
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(grace) => {
-            tracing::warn!(connections = open, "shutdown grace expired; closing what is left");
-        }
+    let open = connections.len();
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = open,
+            "shutdown grace expired; closing what is left"
+        );
     }
     connections.abort_all();
     while connections.join_next().await.is_some() {}
@@ -414,9 +447,357 @@ fn hostile_input_limits(builder: &mut auto::Builder<TokioExecutor>) {
         .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS);
 }
 
+/// Connections closed at the cap since the last warning, so a flood is one log line a minute.
+#[derive(Default)]
+struct AtCap {
+    last_warning: Option<tokio::time::Instant>,
+    refused: u64,
+}
+
+impl AtCap {
+    fn refused(&mut self, max_connections: usize) {
+        self.refused += 1;
+        if self
+            .last_warning
+            .is_none_or(|at| at.elapsed() >= AT_CAP_WARNING_EVERY)
+        {
+            tracing::warn!(
+                max_connections,
+                closed = self.refused,
+                "server.max_connections reached; new connections are closed until some end"
+            );
+            self.last_warning = Some(tokio::time::Instant::now());
+            self.refused = 0;
+        }
+    }
+}
+
+/// Serves one connection until it ends, the gateway stops, or it has gone `idle_timeout`
+/// without a request in flight. `slot` is held until then.
+///
+/// hyper's HTTP/1.1 `header_read_timeout` bounds the wait for each request's headers, the idle
+/// time between keep-alive requests included, but only once the connection is known to be
+/// HTTP/1.1: the auto builder first waits for the client's first bytes (to tell HTTP/2's preface
+/// from HTTP/1.1) with no deadline, and an HTTP/2 connection has no idle deadline at all. The idle
+/// close here covers both, so a client that connects and sends nothing, or an HTTP/2 client that
+/// leaves its connection open, cannot hold a slot forever.
+///
+/// Until the client's first bytes arrive, the connection is only this small task (about 3 KiB
+/// all told): the hyper connection (about 9 KiB of state, 27 KiB with its buffers once it has
+/// served a request) is set up, on the heap, once there is something to read.
+async fn serve_connection<S, B>(
+    stream: TcpStream,
+    tls: Option<Arc<TlsAcceptor>>,
+    builder: auto::Builder<TokioExecutor>,
+    service: S,
+    mut stopped: watch::Receiver<bool>,
+    idle_timeout: Duration,
+    _slot: OwnedSemaphorePermit,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let opened = tokio::time::Instant::now();
+    let mut first_byte = [0u8; 1];
+    tokio::select! {
+        // `peek`, unlike `readable`, does not wake for nothing: it returns once a byte (or the
+        // end of the stream) is there.
+        peeked = stream.peek(&mut first_byte) => {
+            if !matches!(peeked, Ok(n) if n > 0) {
+                return;
+            }
+        }
+        _ = tokio::time::sleep(idle_timeout) => {
+            tracing::debug!("closing a connection that sent nothing for server.header_read_timeout");
+            return;
+        }
+        _ = stop_requested(&mut stopped) => return,
+    }
+    Box::pin(serve_http(
+        stream,
+        tls,
+        builder,
+        service,
+        stopped,
+        idle_timeout,
+        opened,
+    ))
+    .await;
+}
+
+/// The HTTP part of [`serve_connection`]: the TLS handshake if any, then HTTP/1.1 or HTTP/2.
+async fn serve_http<S, B>(
+    stream: TcpStream,
+    tls: Option<Arc<TlsAcceptor>>,
+    builder: auto::Builder<TokioExecutor>,
+    service: S,
+    stopped: watch::Receiver<bool>,
+    idle_timeout: Duration,
+    opened: tokio::time::Instant,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let activity = Arc::new(Activity::new(opened));
+    let service = Tracked {
+        inner: TowerToHyperService::new(service),
+        activity: Arc::clone(&activity),
+    };
+    let result = match tls {
+        None => {
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            drive(
+                conn,
+                |c| c.graceful_shutdown(),
+                &activity,
+                idle_timeout,
+                stopped,
+            )
+            .await
+        }
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(
+                TLS_HANDSHAKE_TIMEOUT.min(idle_timeout),
+                acceptor.accept(stream),
+            )
+            .await;
+            let Ok(Ok(stream)) = handshake else {
+                tracing::debug!("TLS handshake failed or timed out");
+                return;
+            };
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            drive(
+                conn,
+                |c| c.graceful_shutdown(),
+                &activity,
+                idle_timeout,
+                stopped,
+            )
+            .await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+/// Polls a connection to its end, closing it gracefully when the gateway stops or when it has
+/// been idle for `idle_timeout`. A connection closed for idleness that does not finish within
+/// another `idle_timeout` (an HTTP/2 peer that never acknowledges the GOAWAY) is dropped.
+async fn drive<C, E>(
+    conn: C,
+    graceful_shutdown: fn(Pin<&mut C>),
+    activity: &Activity,
+    idle_timeout: Duration,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    let idle = tokio::select! {
+        result = conn.as_mut() => return result,
+        _ = stop_requested(&mut stopped) => false,
+        _ = activity.idle_for(idle_timeout) => true,
+    };
+    graceful_shutdown(conn.as_mut());
+    if !idle {
+        // The accept loop's `shutdown_grace` bounds the drain.
+        return conn.await;
+    }
+    tracing::debug!("closing a connection idle for server.header_read_timeout");
+    match tokio::time::timeout(idle_timeout, conn).await {
+        Ok(result) => result,
+        Err(_elapsed) => Ok(()),
+    }
+}
+
+/// One connection's requests in flight, and since when it has had none.
+struct Activity {
+    /// Requests whose response has not ended yet (their body included).
+    in_flight: AtomicUsize,
+    /// When `in_flight` last fell to zero, in milliseconds since `opened`.
+    idle_since_ms: AtomicU64,
+    opened: tokio::time::Instant,
+    /// Wakes [`Activity::idle_for`] when `in_flight` falls to zero.
+    became_idle: Notify,
+}
+
+impl Activity {
+    fn new(opened: tokio::time::Instant) -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            opened,
+            became_idle: Notify::new(),
+        }
+    }
+
+    fn request_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Returns once the connection has had no request in flight for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            if self.in_flight.load(Ordering::SeqCst) > 0 {
+                self.became_idle.notified().await;
+                continue;
+            }
+            let since = self.idle_since_ms.load(Ordering::SeqCst);
+            let deadline = self.opened + Duration::from_millis(since) + timeout;
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    // Still idle, and not busy in between?
+                    if self.in_flight.load(Ordering::SeqCst) == 0
+                        && self.idle_since_ms.load(Ordering::SeqCst) == since
+                    {
+                        return;
+                    }
+                }
+                _ = self.became_idle.notified() => {}
+            }
+        }
+    }
+}
+
+/// A request in flight on a connection, until dropped (with its response body, or with the
+/// request's future if the connection went away first).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        if activity.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let now = activity.opened.elapsed().as_millis();
+            activity
+                .idle_since_ms
+                .store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::SeqCst);
+            activity.became_idle.notify_one();
+        }
+    }
+}
+
+/// The connection's service, counting its requests in flight for the idle close.
+struct Tracked<H> {
+    inner: H,
+    activity: Arc<Activity>,
+}
+
+impl<H, B> hyper::service::Service<Request<Incoming>> for Tracked<H>
+where
+    H: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = H::Error;
+    type Future = TrackedFuture<H::Future>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        TrackedFuture {
+            in_flight: Some(self.activity.request_started()),
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project! {
+    struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<F, B, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<TrackedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx))?;
+        let in_flight = this.in_flight.take();
+        Poll::Ready(Ok(response.map(|inner| TrackedBody {
+            inner,
+            _in_flight: in_flight,
+        })))
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request in flight until hyper drops it (at its end).
+    struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        _in_flight: Option<InFlight>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::own_url;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::{own_url, Activity};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_only_once_no_request_has_been_in_flight_for_the_timeout() {
+        let timeout = Duration::from_secs(30);
+        let opened = Instant::now();
+        let activity = Arc::new(Activity::new(opened));
+        // A new connection with nothing in flight is idle after the timeout.
+        activity.idle_for(timeout).await;
+        assert_eq!(opened.elapsed(), timeout);
+
+        // A request in flight for 100 s keeps it busy; the clock starts when it ends.
+        let request = activity.request_started();
+        let idle = tokio::spawn({
+            let activity = Arc::clone(&activity);
+            async move { activity.idle_for(timeout).await }
+        });
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        assert!(!idle.is_finished());
+        drop(request);
+        idle.await.unwrap();
+        assert_eq!(
+            opened.elapsed(),
+            timeout + Duration::from_secs(100) + timeout
+        );
+    }
 
     #[test]
     fn the_default_public_url_is_the_bound_address_with_the_listeners_scheme() {

@@ -84,6 +84,12 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     pub max_concurrent_requests: usize,
     pub shutdown_grace: Duration,
+    /// The slow-loris guard: a client has this long to send a request's headers, and a
+    /// connection with no request in flight (new, or idle keep-alive, HTTP/1.1 or HTTP/2) is
+    /// closed after this long.
+    pub header_read_timeout: Duration,
+    /// Open client connections at most; more are closed as soon as they are accepted.
+    pub max_connections: usize,
 }
 
 /// TLS termination on the client listener; the PEM files were loaded and checked at validation.

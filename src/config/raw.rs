@@ -50,6 +50,11 @@ pub(crate) struct RawServer {
     pub max_concurrent_requests: Option<u64>,
     /// How long a graceful stop waits for requests in flight, default `"30s"`.
     pub shutdown_grace: Option<String>,
+    /// How long a client may take to send a request's headers, and how long a connection may sit
+    /// idle without a request in flight before it is closed, default `"30s"`.
+    pub header_read_timeout: Option<String>,
+    /// Open client connections above this are closed as soon as they are accepted, default 10000.
+    pub max_connections: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

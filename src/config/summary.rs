@@ -76,6 +76,12 @@ impl Config {
         )?;
         writeln!(
             out,
+            "                  {} connections at most, header read / idle timeout {}",
+            s.max_connections,
+            d(s.header_read_timeout)
+        )?;
+        writeln!(
+            out,
             "admin listener:   {} ({})",
             self.admin.listen,
             if self.admin.token.is_some() {

@@ -92,6 +92,8 @@ max_body_bytes = 2048
 request_timeout = "45s"
 max_concurrent_requests = 64
 shutdown_grace = "10s"
+header_read_timeout = "5s"
+max_connections = 500
 
 [admin]
 listen = "127.0.0.1:9444"
@@ -162,6 +164,8 @@ disabled = true
     assert_eq!(c.server.request_timeout, Duration::from_secs(45));
     assert_eq!(c.server.max_concurrent_requests, 64);
     assert_eq!(c.server.shutdown_grace, Duration::from_secs(10));
+    assert_eq!(c.server.header_read_timeout, Duration::from_secs(5));
+    assert_eq!(c.server.max_connections, 500);
 
     assert_eq!(c.admin.listen, "127.0.0.1:9444".parse().unwrap());
     assert_eq!(c.admin.token.as_ref().unwrap().expose(), "admin-token");
@@ -237,6 +241,8 @@ fn an_empty_file_gets_the_spec_defaults() {
     assert_eq!(c.server.request_timeout, Duration::from_secs(60));
     assert_eq!(c.server.max_concurrent_requests, 1024);
     assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(c.server.header_read_timeout, Duration::from_secs(30));
+    assert_eq!(c.server.max_connections, 10_000);
     assert_eq!(c.admin.listen, "127.0.0.1:8081".parse().unwrap());
     assert!(c.admin.token.is_none());
     assert_eq!(c.upstream.base_url.host(), Some("app.onlyfansapi.com"));
@@ -393,6 +399,15 @@ fn each_bad_value_is_refused_naming_its_key() {
         (
             "[server]\nshutdown_grace = \"0ms\"",
             "server.shutdown_grace",
+        ),
+        (
+            "[server]\nheader_read_timeout = \"0s\"",
+            "server.header_read_timeout",
+        ),
+        ("[server]\nmax_connections = 0", "server.max_connections"),
+        (
+            "[server]\nmax_connections = 9223372036854775807",
+            "server.max_connections",
         ),
         ("[server]\ntls_cert = \"cert.pem\"", "server.tls_key"),
         ("[server]\ntls_key = \"key.pem\"", "server.tls_cert"),

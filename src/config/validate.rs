@@ -28,6 +28,8 @@ const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const DEFAULT_BASE_URL: &str = "https://app.onlyfansapi.com";
 const DEFAULT_API_KEY_ENV: &str = "ONLYFANSAPI_API_KEY";
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -286,6 +288,15 @@ pub(crate) fn validate(
         Some(n) => usize::try_from(n)
             .map_err(|_| cx.err("server.max_concurrent_requests", "is too large"))?,
     };
+    let max_connections = match s.max_connections {
+        None => DEFAULT_MAX_CONNECTIONS,
+        Some(0) => return Err(cx.err("server.max_connections", "must be at least 1")),
+        // tokio's semaphore holds at most `usize::MAX >> 3` permits.
+        Some(n) => usize::try_from(n)
+            .ok()
+            .filter(|n| *n <= tokio::sync::Semaphore::MAX_PERMITS)
+            .ok_or_else(|| cx.err("server.max_connections", "is too large"))?,
+    };
     let server = ServerConfig {
         listen,
         tls,
@@ -304,6 +315,13 @@ pub(crate) fn validate(
             DEFAULT_SHUTDOWN_GRACE,
             false,
         )?,
+        header_read_timeout: cx.duration(
+            "server.header_read_timeout",
+            s.header_read_timeout.as_deref(),
+            DEFAULT_HEADER_READ_TIMEOUT,
+            false,
+        )?,
+        max_connections,
     };
 
     // [admin]

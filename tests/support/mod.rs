@@ -555,6 +555,9 @@ pub struct Options {
     pub connect_timeout: Duration,
     pub max_concurrent_requests: usize,
     pub shutdown_grace: Duration,
+    /// `server.header_read_timeout`: also how long a connection may sit idle.
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
     /// The upstream's test CA (`upstream.ca_file`).
     pub extra_roots: Vec<CertificateDer<'static>>,
     /// TLS termination on the client listener.
@@ -570,6 +573,8 @@ impl Default for Options {
             connect_timeout: Duration::from_secs(2),
             max_concurrent_requests: 64,
             shutdown_grace: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
             extra_roots: Vec::new(),
             server_tls: None,
         }
@@ -650,6 +655,8 @@ pub fn build_config(upstream_base_url: &str, options: Options, dir: &Path) -> Co
             request_timeout: options.request_timeout,
             max_concurrent_requests: options.max_concurrent_requests,
             shutdown_grace: options.shutdown_grace,
+            header_read_timeout: options.header_read_timeout,
+            max_connections: options.max_connections,
         },
         admin: AdminConfig {
             listen,
