@@ -1,7 +1,9 @@
 //! The upstream client: a pooled hyper-util client over hyper-rustls (HTTP/2 when the upstream
 //! offers it by ALPN, else HTTP/1.1 keep-alive), and the header hygiene of a proxy. Bodies stream
 //! both ways untouched. Failures become gateway errors: 502 for connect failures and broken
-//! responses, 504 when the upstream does not answer within `upstream.timeout`.
+//! responses (a response head over [`MAX_RESPONSE_HEAD`] included), 504 when the upstream does
+//! not answer within `upstream.timeout`. A response body the upstream leaves silent for
+//! `upstream.timeout` fails, so the client's response is cut instead of hanging.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +18,8 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 use crate::body::{boxed, Body, BoxError};
@@ -23,6 +27,12 @@ use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::layers::body_limit::BodyTooLarge;
 use crate::layers::drain::ClientBodyError;
+
+/// The largest response head (status line and headers) taken from the upstream over HTTP/1.1; a
+/// larger one is a broken response (502), not something to pass on to the client. hyper's own
+/// limit is about 400 KiB (its HTTP/2 client already stops at 16 KiB); Envoy's default is 60 KiB.
+/// hyper's limit of 100 response headers stays as it is.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// Sends requests to the upstream named by `upstream.base_url`.
 #[derive(Clone)]
@@ -70,6 +80,7 @@ impl UpstreamClient {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
+            .http1_max_buf_size(MAX_RESPONSE_HEAD)
             .build(https);
         let base = base_url;
         let target = Target {
@@ -129,7 +140,7 @@ impl Service<Request<Body>> for UpstreamClient {
                 Ok(Err(error)) => return Err(classify_client_error(error)),
                 Ok(Ok(response)) => response,
             };
-            let mut response = response.map(boxed);
+            let mut response = response.map(|body| boxed(StallGuard::new(body, timeout)));
             remove_hop_by_hop(response.headers_mut());
             Ok(response)
         })
@@ -171,6 +182,84 @@ impl UpstreamHeaders {
             limit_minute: text("x-rate-limit-limit-minute").and_then(|v| v.parse().ok()),
             remaining_minute: text("x-rate-limit-remaining-minute").and_then(|v| v.parse().ok()),
         }
+    }
+}
+
+pin_project! {
+    /// The upstream's response body, failed when the upstream leaves it silent for `timeout`
+    /// while the gateway waits for its next frame. Only waiting counts: a client that reads
+    /// slowly does not use up the upstream's time, and a body that keeps coming, however
+    /// slowly overall, is never cut. The timer is set up the first time the body has to wait.
+    struct StallGuard<B> {
+        #[pin]
+        inner: B,
+        timeout: Duration,
+        stall: Option<Pin<Box<Sleep>>>,
+        // The timer runs for the current wait (reset at the first `Pending` after a frame).
+        waiting: bool,
+        // The body failed for a stall: nothing more comes.
+        stalled: bool,
+    }
+}
+
+impl<B> StallGuard<B> {
+    fn new(inner: B, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            stall: None,
+            waiting: false,
+            stalled: false,
+        }
+    }
+}
+
+impl<B> http_body::Body for StallGuard<B>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        let this = self.project();
+        if *this.stalled {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            *this.waiting = false;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if !*this.waiting {
+            *this.waiting = true;
+            let deadline = Instant::now() + *this.timeout;
+            match this.stall.as_mut() {
+                Some(stall) => stall.as_mut().reset(deadline),
+                None => *this.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        let timeout = *this.timeout;
+        let stall = this
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stall.as_mut().poll(cx).is_ready() {
+            *this.stalled = true;
+            tracing::debug!("the upstream left its response body silent for upstream.timeout");
+            return Poll::Ready(Some(Err(GatewayError::UpstreamTimeout.into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.stalled || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -254,6 +343,40 @@ mod tests {
                 .unwrap(),
             "http://proxy.internal:8443/ofapi/api/whoami?fresh=true"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_silent_for_the_timeout_fails_and_one_that_keeps_coming_does_not() {
+        use bytes::Bytes;
+        use futures_util::stream;
+        use http_body::Frame;
+        use http_body_util::{BodyExt, StreamBody};
+
+        let timeout = Duration::from_secs(5);
+        let silent = StreamBody::new(stream::pending::<Result<Frame<Bytes>, BoxError>>());
+        let started = Instant::now();
+        let error = StallGuard::new(silent, timeout)
+            .collect()
+            .await
+            .unwrap_err();
+        assert_eq!(started.elapsed(), timeout);
+        assert!(error.to_string().contains("upstream_timeout"), "{error}");
+
+        // Ten pieces a second apart: twice the timeout in all, never silent for long.
+        let steady = StreamBody::new(stream::unfold(0, |i| async move {
+            if i == 10 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Some((
+                Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"x"))),
+                i + 1,
+            ))
+        }));
+        let started = Instant::now();
+        let body = StallGuard::new(steady, timeout).collect().await.unwrap();
+        assert_eq!(body.to_bytes().len(), 10);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
     }
 
     #[test]
