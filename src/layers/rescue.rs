@@ -11,11 +11,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -31,6 +31,9 @@ pub struct RequestNote {
     route: OnceLock<Arc<str>>,
     /// The meter took the request: it logs and counts it.
     forwarded: AtomicBool,
+    /// The status of the error the rescue answered with (0: none yet), for a forwarded call the
+    /// meter records after the client's answer (its `request_timeout` fired first).
+    answered: AtomicU16,
 }
 
 impl RequestNote {
@@ -42,6 +45,10 @@ impl RequestNote {
     }
     pub fn mark_forwarded(&self) {
         self.forwarded.store(true, Ordering::Relaxed);
+    }
+    /// The status the client was sent instead of the upstream's answer, if any.
+    pub fn answered(&self) -> Option<StatusCode> {
+        StatusCode::from_u16(self.answered.load(Ordering::SeqCst)).ok()
     }
 }
 
@@ -146,6 +153,10 @@ impl Early {
             self.metrics.rate_limited(client, scope);
         }
         if self.note.forwarded.load(Ordering::Relaxed) {
+            // The meter records the call when the upstream's answer comes, with this status.
+            self.note
+                .answered
+                .store(error.status().as_u16(), Ordering::SeqCst);
             return;
         }
         let route = self.note.route.get().map_or("-", |r| &**r);

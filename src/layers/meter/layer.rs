@@ -111,6 +111,9 @@ struct Call {
     sent_at: Instant,
     /// The client hung up before the answer came: finished in the background, recorded as cut.
     detached: bool,
+    /// Says whether the client was answered with an error (504 at `request_timeout`) before
+    /// the upstream's answer came: the call is then recorded with the status the client saw.
+    note: Option<Arc<RequestNote>>,
 }
 
 impl<S> Service<Request<Body>> for Metered<S>
@@ -130,7 +133,8 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let ext = req.extensions();
-        if let Some(note) = ext.get::<Arc<RequestNote>>() {
+        let note = ext.get::<Arc<RequestNote>>().cloned();
+        if let Some(note) = &note {
             note.mark_forwarded();
         }
         let route = ext.get::<RouteInfo>();
@@ -150,6 +154,7 @@ where
             received_at: ext.get::<ReceivedAt>().map_or(now, |r| r.0),
             sent_at: now,
             detached: false,
+            note,
         };
         ResponseFuture {
             inner: Some(self.inner.call(req)),
@@ -352,6 +357,11 @@ impl Meter {
             Outcome::Complete if call.detached => Outcome::Cut,
             other => other,
         };
+        let status = call
+            .note
+            .as_ref()
+            .and_then(|note| note.answered())
+            .unwrap_or(status);
         let found = end.found;
         let used = found.credits_used.or(headers.credits_used);
         let balance = found.balance.or(headers.balance);
