@@ -1,5 +1,6 @@
 //! The configuration reference (`docs/configuration.md`) stays in step with the parser: every key
-//! the parser accepts is documented, and every documented key is accepted.
+//! the parser accepts is documented, and every documented key is accepted. The reliability and
+//! security pages name only tests that exist, so a promise never points at a renamed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -92,4 +93,77 @@ fn the_top_level_sections_are_all_documented() {
             "section {section} is not documented"
         );
     }
+}
+
+/// Every test a doc names exists as a function in the file named with it: `` `file::test` ``
+/// (a test in `tests/file.rs`), `` `src/path.rs::test` ``, `` `::test` `` after one of those, or
+/// a bare `` `test_name` `` after a `` `tests/file.rs` `` / `` `src/path.rs` `` in the same
+/// paragraph.
+fn assert_named_tests_exist(doc_path: &str) {
+    let is_name = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    let doc = std::fs::read_to_string(doc_path).unwrap();
+    let mut missing = Vec::new();
+    let mut checked = 0;
+    let mut file: Option<String> = None;
+    // Bare names count only after a `tests/file.rs` span (not after a metric name, say).
+    let mut bare_file: Option<String> = None;
+    for line in doc.lines() {
+        if line.trim().is_empty() {
+            file = None;
+            bare_file = None;
+        }
+        for span in line.split('`').skip(1).step_by(2) {
+            let (path, test) = match span.split_once("::") {
+                Some((path, test)) => (path, test),
+                None if span.ends_with(".rs")
+                    && (span.starts_with("src/") || span.starts_with("tests/")) =>
+                {
+                    bare_file = Some(span.to_owned());
+                    continue;
+                }
+                // A bare test name: long snake case, after a file.
+                None if bare_file.is_some() && is_name(span) && span.matches('_').count() >= 3 => {
+                    file.clone_from(&bare_file);
+                    ("", span)
+                }
+                None => continue,
+            };
+            if !is_name(test) {
+                continue;
+            }
+            let path = match path {
+                "" => match &file {
+                    Some(file) => file.clone(),
+                    None => continue,
+                },
+                p if p.starts_with("src/") && p.ends_with(".rs") => p.to_owned(),
+                // `crate::item` paths (`subtle::ct_eq`) are not tests.
+                p if is_name(p) && Path::new(&format!("tests/{p}.rs")).exists() => {
+                    format!("tests/{p}.rs")
+                }
+                _ => continue,
+            };
+            file = Some(path.clone());
+            let source = std::fs::read_to_string(&path).unwrap_or_default();
+            checked += 1;
+            if !source.contains(&format!("fn {test}(")) {
+                missing.push(format!("{path}::{test}"));
+            }
+        }
+    }
+    assert!(checked > 5, "{doc_path} names only {checked} tests");
+    assert!(
+        missing.is_empty(),
+        "{doc_path} names tests that do not exist: {missing:?}"
+    );
+}
+
+#[test]
+fn the_reliability_and_security_pages_name_only_tests_that_exist() {
+    assert_named_tests_exist("docs/reliability.md");
+    assert_named_tests_exist("docs/security.md");
 }
