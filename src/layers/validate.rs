@@ -74,21 +74,29 @@ async fn check_tracking_link_update(req: Request<Body>) -> Result<Request<Body>,
     }
     let (parts, body) = req.into_parts();
     let bytes = body.collect().await?.to_bytes();
-    if !is_valid_update(&bytes) {
-        let value: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| GatewayError::BadRequest(format!("invalid JSON body ({e})")))?;
-        let errors = tracking_link_errors(&value);
-        if !errors.is_empty() {
-            return Err(GatewayError::ValidationFailed(errors).into());
-        }
-    }
+    check_update_body(&bytes)?;
     Ok(Request::from_parts(parts, full(bytes)))
+}
+
+/// The verdict on a whole update body: `Ok` to forward it as it is, else 400 (not JSON) or 422
+/// (the fields named).
+pub(crate) fn check_update_body(bytes: &[u8]) -> Result<(), GatewayError> {
+    if is_valid_update(bytes) {
+        return Ok(());
+    }
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| GatewayError::BadRequest(format!("invalid JSON body ({e})")))?;
+    let errors = tracking_link_errors(&value);
+    if !errors.is_empty() {
+        return Err(GatewayError::ValidationFailed(errors));
+    }
+    Ok(())
 }
 
 /// The happy path without building a JSON tree: an object whose `label` is a non-empty string
 /// and whose `description` is a string or null (unknown fields are skipped, strings borrowed
 /// unless escaped). Anything else goes the slow way, which names the problem.
-fn is_valid_update(bytes: &[u8]) -> bool {
+pub(crate) fn is_valid_update(bytes: &[u8]) -> bool {
     #[derive(serde::Deserialize)]
     struct Update<'a> {
         #[serde(borrow)]
@@ -101,7 +109,7 @@ fn is_valid_update(bytes: &[u8]) -> bool {
 }
 
 /// `application/json`, with or without parameters such as `charset`.
-fn is_json(value: Option<&http::HeaderValue>) -> bool {
+pub(crate) fn is_json(value: Option<&http::HeaderValue>) -> bool {
     value
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
