@@ -332,6 +332,16 @@ async fn an_account_outside_accounts_is_403() {
             )
             .await;
         assert_gateway_error(&resp, 403, "forbidden");
+        // Nor by spelling the words around it percent-encoded, which the upstream decodes to the
+        // same route (found by fuzzing the route template).
+        for path in [
+            "/api/%66ansly/fansly_acct_999/tracking-links",
+            "/api/acct%5Fother/chats",
+            "/api/%61cct_other/chats",
+        ] {
+            let resp = client.get(&gw.url(path), Some(ACCOUNTS_KEY)).await;
+            assert_gateway_error(&resp, 403, "forbidden");
+        }
         assert_nothing_forwarded(&mock);
 
         // The same client on its own account goes through.
@@ -616,6 +626,22 @@ async fn missing_label_is_rejected_before_any_credit_is_spent() {
             let errors = json["errors"].as_object().expect("errors object");
             assert_eq!(errors.keys().collect::<Vec<_>>(), ["label"], "{json}");
             assert!(errors["label"][0].as_str().is_some_and(|m| !m.is_empty()));
+        }
+        assert_nothing_forwarded(&mock);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_percent_encoded_spelling_of_the_update_route_is_validated_too() {
+    bounded(20, async {
+        let (mock, gw, client) = setup().await;
+        for path in [
+            format!("/api/fansly/{ACCOUNT}/tracking%2Dlinks/7"),
+            format!("/api/%66ansly/{ACCOUNT}/tracking-links/7"),
+        ] {
+            let resp = client.call("PUT", &gw.url(&path), ALPHA_KEY, "{}").await;
+            assert_gateway_error(&resp, 422, "validation_failed");
         }
         assert_nothing_forwarded(&mock);
     })

@@ -2,6 +2,7 @@
 //! method check (405), and the route's template and account for the layers below (scopes,
 //! validation, metrics labels, logs).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -165,10 +166,11 @@ fn hex_value(byte: u8) -> Option<u8> {
     }
 }
 
-/// Percent-decodes a segment that [`check_path`] accepted.
-fn decode_segment(segment: &str) -> String {
+/// Percent-decodes a segment that [`check_path`] accepted (borrowed when it has no escape;
+/// bytes that are not UTF-8 become U+FFFD).
+fn decode_segment(segment: &str) -> Cow<'_, str> {
     if !segment.contains('%') {
-        return segment.to_owned();
+        return Cow::Borrowed(segment);
     }
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -191,7 +193,7 @@ fn decode_segment(segment: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// The route template and account of a safe `/api/...` path.
@@ -199,8 +201,18 @@ fn decode_segment(segment: &str) -> String {
 /// Fansly paths name their account third (`/api/fansly/{account}/...`), OnlyFans paths second
 /// when it looks like an account id (`/api/acct_.../...`). Any other segment holding a digit is an
 /// id. Team paths (`/api/whoami`) keep their words.
+///
+/// All of it is read from the percent-decoded segments, because that is what the upstream routes
+/// on: `/api/%66ansly/x/tracking%2Dlinks/1` is the tracking-link update of account `x` there, so
+/// it must be here too (its account scope checked, its body validated, one template for every
+/// spelling).
 pub fn classify(method: &Method, path: &str) -> RouteInfo {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let decoded: Vec<Cow<'_, str>> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(decode_segment)
+        .collect();
+    let segments: Vec<&str> = decoded.iter().map(|s| &**s).collect();
     let account_at = match segments.as_slice() {
         ["api", "fansly", _, ..] => Some(2),
         ["api", second, ..] if second.starts_with("acct_") => Some(1),
@@ -230,7 +242,7 @@ pub fn classify(method: &Method, path: &str) -> RouteInfo {
     };
     RouteInfo {
         template: template.into(),
-        account: account_at.map(|i| decode_segment(segments[i])),
+        account: account_at.map(|i| segments[i].to_owned()),
         kind,
     }
 }
@@ -305,5 +317,24 @@ mod tests {
         let info = classify(&Method::GET, "/api/fansly/acct%5Fx/tracking-links/7/stats");
         assert_eq!(info.account.as_deref(), Some("acct_x"));
         assert_eq!(info.kind, RouteKind::Other);
+    }
+
+    #[test]
+    fn percent_encoded_spellings_name_the_same_route_and_account() {
+        // The upstream decodes before routing; so does the template, the account and the kind.
+        let plain = classify(&Method::PUT, "/api/fansly/acct_x/tracking-links/7");
+        for path in [
+            "/api/%66ansly/acct_x/tracking-links/7",
+            "/api/fansly/acct%5Fx/tracking%2Dlinks/7",
+            "/api/%66%61%6E%73%6C%79/%61cct_x/%74racking-links/%37",
+        ] {
+            assert_eq!(classify(&Method::PUT, path), plain, "{path}");
+        }
+        let info = classify(&Method::GET, "/api/acct%5Fother/chats");
+        assert_eq!(info.account.as_deref(), Some("acct_other"));
+        assert_eq!(&*info.template, "GET /api/{account}/chats");
+        // Bytes that are not UTF-8 are replaced, never passed on raw.
+        let info = classify(&Method::GET, "/api/fansly/%ff/x");
+        assert_eq!(info.account.as_deref(), Some("\u{fffd}"));
     }
 }
