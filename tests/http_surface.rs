@@ -735,7 +735,15 @@ async fn non_string_description_is_422_and_both_fields_are_named() {
 async fn a_json_body_that_is_not_an_object_is_422() {
     bounded(20, async {
         let (mock, gw, client) = setup().await;
-        for body in ["[]", r#""label""#, "42", "null"] {
+        // `["x"]` is the array a derived struct would also accept: still not an object.
+        for body in [
+            "[]",
+            r#""label""#,
+            "42",
+            "null",
+            r#"["x"]"#,
+            r#"["x", "d"]"#,
+        ] {
             let resp = client
                 .call(
                     "PUT",

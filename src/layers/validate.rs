@@ -110,7 +110,9 @@ pub(crate) fn is_valid_update(bytes: &[u8]) -> bool {
         #[allow(dead_code)] // only its type is checked
         description: Option<std::borrow::Cow<'a, str>>,
     }
-    serde_json::from_slice::<WellFormed>(bytes).is_ok()
+    // A derived struct also deserializes from an array (`["label"]`); the body must be an object.
+    bytes.trim_ascii_start().first() == Some(&b'{')
+        && serde_json::from_slice::<WellFormed>(bytes).is_ok()
         && serde_json::from_slice::<Update<'_>>(bytes).is_ok_and(|u| !u.label.trim().is_empty())
 }
 
@@ -217,6 +219,10 @@ mod tests {
             r#"{"label":"x","description":5}"#,
             r#"{"label":"x","label":"y"}"#,
             r#"[1]"#,
+            // Serde reads a struct from an array too, fields in order (found by fuzzing).
+            r#"["x"]"#,
+            r#"["x",null]"#,
+            r#" ["x","d"]"#,
             r#""label""#,
             r#"{"x":"\udc00","label":"y"}"#,
         ] {
