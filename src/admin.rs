@@ -110,11 +110,7 @@ fn authenticate(req: &Request<Incoming>, state: &AdminState) -> Option<Response<
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, rest) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        });
+        .and_then(admin_bearer);
     let Some(given) = given else {
         return Some(unauthenticated(
             "Authentication required: send Authorization: Bearer <admin token>.",
@@ -128,6 +124,13 @@ fn authenticate(req: &Request<Incoming>, state: &AdminState) -> Option<Response<
     } else {
         Some(unauthenticated("Authentication failed: wrong admin token."))
     }
+}
+
+/// The token of an admin `Authorization: Bearer <token>` (scheme case-insensitive, the token
+/// trimmed); it is only ever compared with the configured one, so it may be anything.
+pub(crate) fn admin_bearer(value: &HeaderValue) -> Option<&str> {
+    let (scheme, rest) = value.to_str().ok()?.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
 fn unauthenticated(message: &str) -> Response<Body> {

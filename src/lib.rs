@@ -33,6 +33,8 @@ pub mod calendar;
 pub mod cli;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod layers;
 pub mod ledger;
 pub mod limiter;

@@ -168,7 +168,13 @@ async fn control_characters_are_refused_with_400() {
 async fn invalid_json_on_the_tracking_link_update_is_400_and_costs_nothing() {
     bounded(20, async {
         let (mock, gw, client) = setup().await;
-        for body in [r#"{"label": "x""#, "label=x", "{'label': 'x'}"] {
+        for body in [
+            r#"{"label": "x""#,
+            "label=x",
+            "{'label': 'x'}",
+            // A lone surrogate is not Unicode, even inside a field the gateway does not read.
+            r#"{"label": "x", "extra": "\udc00"}"#,
+        ] {
             let resp = client
                 .call(
                     "PUT",
@@ -332,6 +338,16 @@ async fn an_account_outside_accounts_is_403() {
             )
             .await;
         assert_gateway_error(&resp, 403, "forbidden");
+        // Nor by spelling the words around it percent-encoded, which the upstream decodes to the
+        // same route (found by fuzzing the route template).
+        for path in [
+            "/api/%66ansly/fansly_acct_999/tracking-links",
+            "/api/acct%5Fother/chats",
+            "/api/%61cct_other/chats",
+        ] {
+            let resp = client.get(&gw.url(path), Some(ACCOUNTS_KEY)).await;
+            assert_gateway_error(&resp, 403, "forbidden");
+        }
         assert_nothing_forwarded(&mock);
 
         // The same client on its own account goes through.
@@ -623,6 +639,22 @@ async fn missing_label_is_rejected_before_any_credit_is_spent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_percent_encoded_spelling_of_the_update_route_is_validated_too() {
+    bounded(20, async {
+        let (mock, gw, client) = setup().await;
+        for path in [
+            format!("/api/fansly/{ACCOUNT}/tracking%2Dlinks/7"),
+            format!("/api/%66ansly/{ACCOUNT}/tracking-links/7"),
+        ] {
+            let resp = client.call("PUT", &gw.url(&path), ALPHA_KEY, "{}").await;
+            assert_gateway_error(&resp, 422, "validation_failed");
+        }
+        assert_nothing_forwarded(&mock);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_or_non_string_label_is_422() {
     bounded(20, async {
         let (mock, gw, client) = setup().await;
@@ -703,7 +735,15 @@ async fn non_string_description_is_422_and_both_fields_are_named() {
 async fn a_json_body_that_is_not_an_object_is_422() {
     bounded(20, async {
         let (mock, gw, client) = setup().await;
-        for body in ["[]", r#""label""#, "42", "null"] {
+        // `["x"]` is the array a derived struct would also accept: still not an object.
+        for body in [
+            "[]",
+            r#""label""#,
+            "42",
+            "null",
+            r#"["x"]"#,
+            r#"["x", "d"]"#,
+        ] {
             let resp = client
                 .call(
                     "PUT",

@@ -2,6 +2,7 @@
 //! outside `/api/`, the method check (405), and the route's template and account for the layers
 //! below (scopes, validation, metrics labels, logs).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -225,12 +226,13 @@ fn hex_value(byte: u8) -> Option<u8> {
     }
 }
 
-/// Percent-decodes a segment that [`check_path`] accepted (so it is UTF-8).
-fn decode_segment(segment: &str) -> String {
+/// Percent-decodes a segment that [`check_path`] accepted, so it is UTF-8 (borrowed when it has
+/// no escape; should anything else get here, bytes that are not UTF-8 become U+FFFD).
+fn decode_segment(segment: &str) -> Cow<'_, str> {
     if !segment.contains('%') {
-        return segment.to_owned();
+        return Cow::Borrowed(segment);
     }
-    String::from_utf8_lossy(&percent_decode(segment)).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&percent_decode(segment)).into_owned())
 }
 
 /// The bytes a segment's percent-encoding stands for (a `%` not followed by two hex digits stays).
@@ -264,8 +266,18 @@ fn percent_decode(segment: &str) -> Vec<u8> {
 /// Fansly paths name their account third (`/api/fansly/{account}/...`), OnlyFans paths second
 /// when it looks like an account id (`/api/acct_.../...`). Any other segment holding a digit is an
 /// id. Team paths (`/api/whoami`) keep their words.
+///
+/// All of it is read from the percent-decoded segments, because that is what the upstream routes
+/// on: `/api/%66ansly/x/tracking%2Dlinks/1` is the tracking-link update of account `x` there, so
+/// it must be here too (its account scope checked, its body validated, one template for every
+/// spelling).
 pub fn classify(method: &Method, path: &str) -> RouteInfo {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let decoded: Vec<Cow<'_, str>> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(decode_segment)
+        .collect();
+    let segments: Vec<&str> = decoded.iter().map(|s| &**s).collect();
     let account_at = match segments.as_slice() {
         ["api", "fansly", _, ..] => Some(2),
         ["api", second, ..] if second.starts_with("acct_") => Some(1),
@@ -295,7 +307,7 @@ pub fn classify(method: &Method, path: &str) -> RouteInfo {
     };
     RouteInfo {
         template: template.into(),
-        account: account_at.map(|i| decode_segment(segments[i])),
+        account: account_at.map(|i| segments[i].to_owned()),
         kind,
     }
 }
@@ -439,5 +451,125 @@ mod tests {
         let info = classify(&Method::GET, "/api/fansly/acct%5Fx/tracking-links/7/stats");
         assert_eq!(info.account.as_deref(), Some("acct_x"));
         assert_eq!(info.kind, RouteKind::Other);
+    }
+
+    #[test]
+    fn percent_encoded_spellings_name_the_same_route_and_account() {
+        // The upstream decodes before routing; so does the template, the account and the kind.
+        let plain = classify(&Method::PUT, "/api/fansly/acct_x/tracking-links/7");
+        for path in [
+            "/api/%66ansly/acct_x/tracking-links/7",
+            "/api/fansly/acct%5Fx/tracking%2Dlinks/7",
+            "/api/%66%61%6E%73%6C%79/%61cct_x/%74racking-links/%37",
+        ] {
+            assert_eq!(classify(&Method::PUT, path), plain, "{path}");
+        }
+        let info = classify(&Method::GET, "/api/acct%5Fother/chats");
+        assert_eq!(info.account.as_deref(), Some("acct_other"));
+        assert_eq!(&*info.template, "GET /api/{account}/chats");
+        // Bytes that are not UTF-8 are replaced, never passed on raw.
+        let info = classify(&Method::GET, "/api/fansly/%ff/x");
+        assert_eq!(info.account.as_deref(), Some("\u{fffd}"));
+    }
+
+    /// Property tests: the path check and the template on generated paths (the fuzz targets in
+    /// `fuzz/` explore arbitrary bytes; these run in every `cargo test`).
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A segment any server reads as itself: unreserved characters, not dots alone.
+        fn safe_segment() -> impl Strategy<Value = String> {
+            "[A-Za-z0-9._~-]{1,12}".prop_filter("dots alone", |s| !s.bytes().all(|b| b == b'.'))
+        }
+
+        /// `s` with every byte percent-encoded.
+        fn encode_all(s: &str) -> String {
+            s.bytes().map(|b| format!("%{b:02X}")).collect()
+        }
+
+        /// Segments that must be refused wherever they appear.
+        const UNSAFE: &[&str] = &[
+            "", ".", "..", "...", "%2e", "%2E%2e", ".%2e", "%2e.", "a%2fb", "a%2Fb", "%2f",
+            "a%5cb", "a%5Cb", "a\\b", "a%00b", "a%0ab", "a%7fb", "a%1Fb", "a%zz", "a%2", "a%",
+            "a\tb",
+        ];
+
+        proptest! {
+            #[test]
+            fn a_path_of_safe_segments_passes_in_any_spelling(
+                segments in prop::collection::vec(safe_segment(), 1..6),
+                encode in prop::collection::vec(any::<bool>(), 6),
+            ) {
+                let plain = format!("/{}", segments.join("/"));
+                prop_assert_eq!(check_path(&plain), Ok(()));
+                let spelled: Vec<String> = segments
+                    .iter()
+                    .zip(&encode)
+                    .map(|(s, &e)| if e { encode_all(s) } else { s.clone() })
+                    .collect();
+                let spelled = format!("/{}", spelled.join("/"));
+                prop_assert_eq!(check_path(&spelled), Ok(()));
+                // Each segment decodes back to what it was.
+                for (raw, original) in spelled.split('/').skip(1).zip(&segments) {
+                    prop_assert_eq!(&*decode_segment(raw), original.as_str());
+                }
+            }
+
+            #[test]
+            fn an_unsafe_segment_anywhere_is_refused(
+                segments in prop::collection::vec(safe_segment(), 0..5),
+                at in any::<prop::sample::Index>(),
+                bad in prop::sample::select(UNSAFE),
+            ) {
+                let mut segments = segments;
+                segments.insert(at.index(segments.len() + 1), bad.to_owned());
+                let path = format!("/api/{}", segments.join("/"));
+                prop_assert!(check_path(&path).is_err(), "{} passed", path);
+            }
+
+            #[test]
+            fn the_template_holds_no_id_or_account_in_any_spelling(
+                account in safe_segment(),
+                id in "[0-9]{1,20}",
+                tail in prop::collection::vec("[a-z-]{1,10}", 0..3),
+                encode in prop::collection::vec(any::<bool>(), 8),
+                onlyfans in any::<bool>(),
+            ) {
+                let account = if onlyfans { format!("acct_{account}") } else { account };
+                let mut segments = if onlyfans {
+                    vec!["api".to_owned(), account.clone(), "chats".to_owned(), id]
+                } else {
+                    vec!["api".to_owned(), "fansly".to_owned(), account.clone(),
+                         "tracking-links".to_owned(), id]
+                };
+                segments.extend(tail.iter().cloned());
+                let plain = format!("/{}", segments.join("/"));
+                let info = classify(&Method::PUT, &plain);
+                let words: Vec<String> = std::iter::once("PUT /api".to_owned())
+                    .chain(if onlyfans {
+                        vec!["{account}".to_owned(), "chats".to_owned(), "{id}".to_owned()]
+                    } else {
+                        vec!["fansly".to_owned(), "{account}".to_owned(),
+                             "tracking-links".to_owned(), "{id}".to_owned()]
+                    })
+                    .chain(tail.iter().cloned())
+                    .collect();
+                prop_assert_eq!(&*info.template, words.join("/"));
+                prop_assert_eq!(info.account.as_deref(), Some(account.as_str()));
+                let update = !onlyfans && tail.is_empty();
+                prop_assert_eq!(info.kind == RouteKind::UpdateTrackingLink, update);
+
+                // Any segment but the first may be percent-encoded: the same route.
+                let spelled: Vec<String> = segments
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| if i > 0 && encode[i % encode.len()] { encode_all(s) } else { s.clone() })
+                    .collect();
+                let spelled = format!("/{}", spelled.join("/"));
+                prop_assert_eq!(check_path(&spelled), Ok(()));
+                prop_assert_eq!(classify(&Method::PUT, &spelled), info);
+            }
+        }
     }
 }

@@ -74,21 +74,34 @@ async fn check_tracking_link_update(req: Request<Body>) -> Result<Request<Body>,
     }
     let (parts, body) = req.into_parts();
     let bytes = body.collect().await?.to_bytes();
-    if !is_valid_update(&bytes) {
-        let value: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| GatewayError::BadRequest(format!("invalid JSON body ({e})")))?;
-        let errors = tracking_link_errors(&value);
-        if !errors.is_empty() {
-            return Err(GatewayError::ValidationFailed(errors).into());
-        }
-    }
+    check_update_body(&bytes)?;
     Ok(Request::from_parts(parts, full(bytes)))
+}
+
+/// The verdict on a whole update body: `Ok` to forward it as it is, else 400 (not JSON) or 422
+/// (the fields named).
+pub(crate) fn check_update_body(bytes: &[u8]) -> Result<(), GatewayError> {
+    if is_valid_update(bytes) {
+        return Ok(());
+    }
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| GatewayError::BadRequest(format!("invalid JSON body ({e})")))?;
+    let errors = tracking_link_errors(&value);
+    if !errors.is_empty() {
+        return Err(GatewayError::ValidationFailed(errors));
+    }
+    Ok(())
 }
 
 /// The happy path without building a JSON tree: an object whose `label` is a non-empty string
 /// and whose `description` is a string or null (unknown fields are skipped, strings borrowed
 /// unless escaped). Anything else goes the slow way, which names the problem.
-fn is_valid_update(bytes: &[u8]) -> bool {
+///
+/// Two passes over a small body: serde's way of skipping unknown fields checks neither UTF-8 nor
+/// `\u` surrogates inside their strings, so the first pass ([`WellFormed`]) checks the whole
+/// document as strictly as a parse into a `Value` would (without keeping any of it), and the
+/// second reads the two fields.
+pub(crate) fn is_valid_update(bytes: &[u8]) -> bool {
     #[derive(serde::Deserialize)]
     struct Update<'a> {
         #[serde(borrow)]
@@ -97,11 +110,58 @@ fn is_valid_update(bytes: &[u8]) -> bool {
         #[allow(dead_code)] // only its type is checked
         description: Option<std::borrow::Cow<'a, str>>,
     }
-    serde_json::from_slice::<Update<'_>>(bytes).is_ok_and(|u| !u.label.trim().is_empty())
+    // A derived struct also deserializes from an array (`["label"]`); the body must be an object.
+    bytes.trim_ascii_start().first() == Some(&b'{')
+        && serde_json::from_slice::<WellFormed>(bytes).is_ok()
+        && serde_json::from_slice::<Update<'_>>(bytes).is_ok_and(|u| !u.label.trim().is_empty())
+}
+
+/// Any JSON value, read as strictly as `serde_json::Value` reads it (strings decoded, so
+/// invalid UTF-8 and lone surrogates are errors) and kept nowhere.
+struct WellFormed;
+
+impl<'de> serde::Deserialize<'de> for WellFormed {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(WellFormed)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for WellFormed {
+    type Value = WellFormed;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<WellFormed>()?.is_some() {}
+        Ok(self)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<WellFormed, WellFormed>()?.is_some() {}
+        Ok(self)
+    }
 }
 
 /// `application/json`, with or without parameters such as `charset`.
-fn is_json(value: Option<&http::HeaderValue>) -> bool {
+pub(crate) fn is_json(value: Option<&http::HeaderValue>) -> bool {
     value
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
@@ -159,7 +219,12 @@ mod tests {
             r#"{"label":"x","description":5}"#,
             r#"{"label":"x","label":"y"}"#,
             r#"[1]"#,
+            // Serde reads a struct from an array too, fields in order (found by fuzzing).
+            r#"["x"]"#,
+            r#"["x",null]"#,
+            r#" ["x","d"]"#,
             r#""label""#,
+            r#"{"x":"\udc00","label":"y"}"#,
         ] {
             let full = serde_json::from_slice::<Value>(body.as_bytes())
                 .map(|v| tracking_link_errors(&v).is_empty())
@@ -173,6 +238,30 @@ mod tests {
         ));
         assert!(is_valid_update(
             br#"{"description":null,"label":"x","extra":{}}"#
+        ));
+    }
+
+    #[test]
+    fn invalid_json_inside_an_unknown_field_is_400_not_forwarded() {
+        // serde skips unknown fields without decoding their strings, so the fast path alone took
+        // these (found by fuzzing): invalid UTF-8, and lone surrogates, inside skipped strings.
+        for body in [
+            &b"{\"x\":\"\xa9\",\"label\":\"y\"}"[..],
+            b"{\"label\":\"y\",\"x\":{\"k\":[\"\xff\xfe\"]}}",
+            br#"{"x":"\udc00","label":"y"}"#,
+            br#"{"x":["\ud800"],"label":"y"}"#,
+            br#"{"x":{"\ud800":1},"label":"y"}"#,
+        ] {
+            assert!(!is_valid_update(body), "{}", String::from_utf8_lossy(body));
+            assert!(
+                matches!(check_update_body(body), Err(GatewayError::BadRequest(_))),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // A valid surrogate pair and escaped non-ASCII in an unknown field are fine.
+        assert!(is_valid_update(
+            br#"{"x":"\ud83d\ude00 caf\u00e9","label":"y"}"#
         ));
     }
 

@@ -577,4 +577,55 @@ mod tests {
             mb / elapsed.as_secs_f64()
         );
     }
+
+    /// Property tests: generated list responses, cut anywhere (the `next_page_rewriter` fuzz
+    /// target in `fuzz/` explores arbitrary bytes; these run in every `cargo test`).
+    mod properties {
+        use super::*;
+        use crate::layers::meter::scan::tests::properties::{cut, json_noise};
+        use proptest::prelude::*;
+        use serde_json::{json, Value};
+
+        proptest! {
+            #[test]
+            fn only_the_next_page_base_changes_however_the_body_is_cut(
+                rest in "(/[a-z0-9_]{1,8}){0,3}(\\?offset=[0-9]{1,3})?(#x)?",
+                other in "https://[a-z.]{1,12}(/x)?",
+                ours in any::<bool>(),
+                in_meta in any::<bool>(),
+                escaped in any::<bool>(),
+                data in json_noise(),
+                at in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+            ) {
+                let next_page = if ours { format!("{UPSTREAM}{rest}") } else { other };
+                let pagination = json!({"next_page": next_page, "prev_page": null});
+                let document = if in_meta {
+                    json!({"data": data, "_meta": {"_credits": {"used": 1}, "_pagination": pagination}})
+                } else {
+                    json!({"data": data, "_pagination": pagination, "_meta": {"_credits": {"used": 1}}})
+                };
+                let mut body = document.to_string();
+                if escaped {
+                    // Laravel's form: every slash escaped (valid JSON, same document).
+                    body = body.replace('/', "\\/");
+                }
+                let out = rewrite(&cut(body.as_bytes(), &at));
+                prop_assert_eq!(&out, &rewrite(&[body.as_bytes()]));
+                let mut expected = document;
+                if ours {
+                    let path = if in_meta { "/_meta/_pagination/next_page" } else { "/_pagination/next_page" };
+                    if let Some(value) = expected.pointer_mut(path) {
+                        *value = Value::from(format!("{PUBLIC}{rest}"));
+                    }
+                }
+                let got: Value = serde_json::from_slice(&out).expect("still JSON");
+                prop_assert_eq!(got, expected);
+                // The public base is written the way the upstream wrote its slashes.
+                if ours {
+                    let public = if escaped { PUBLIC.replace('/', "\\/") } else { PUBLIC.to_owned() };
+                    prop_assert!(String::from_utf8_lossy(&out).contains(&public));
+                }
+            }
+        }
+    }
 }

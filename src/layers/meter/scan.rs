@@ -797,4 +797,145 @@ pub(crate) mod tests {
             mb / elapsed.as_secs_f64()
         );
     }
+
+    /// Property tests: generated documents, cut anywhere (the `meta_scanner` fuzz target in
+    /// `fuzz/` explores arbitrary bytes; these run in every `cargo test`).
+    pub(crate) mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        /// Any JSON value a response's `data` could hold, a few levels deep, with keys that look
+        /// like ours to tempt the scanner.
+        pub(crate) fn json_noise() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                // Fractions that print and parse back exactly (serde_json's default float
+                // parsing is not exact to the last bit).
+                (-4000i32..4000).prop_map(|n| Value::from(f64::from(n) / 8.0)),
+                "[ -~\u{e9}\u{1f600}]{0,12}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(3, 32, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                    prop::collection::vec(
+                        (
+                            "_meta|_credits|used|balance|next_page|_pagination|[a-z]{1,6}",
+                            inner
+                        ),
+                        0..4
+                    )
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// `body` cut at the given points.
+        pub(crate) fn cut<'a>(body: &'a [u8], at: &[prop::sample::Index]) -> Vec<&'a [u8]> {
+            let mut points: Vec<usize> = at.iter().map(|i| i.index(body.len() + 1)).collect();
+            points.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut from = 0;
+            for p in points {
+                pieces.push(&body[from..p]);
+                from = p;
+            }
+            pieces.push(&body[from..]);
+            pieces
+        }
+
+        /// A `{"data": ..., "_meta": {...}}` response holding `found`, `_meta` first or last.
+        fn response(found: MetaFound, data: &Value, note: &Value, meta_first: bool) -> String {
+            let mut credits = serde_json::Map::new();
+            credits.insert("note".into(), note.clone());
+            if let Some(n) = found.credits_used {
+                credits.insert("used".into(), n.into());
+            }
+            if let Some(n) = found.balance {
+                credits.insert("balance".into(), n.into());
+            }
+            let mut cache = serde_json::Map::new();
+            if let Some(b) = found.is_cached {
+                cache.insert("is_cached".into(), b.into());
+            }
+            let mut limits = serde_json::Map::new();
+            limits.insert("limit_day".into(), Value::Null);
+            if let Some(n) = found.limit_minute {
+                limits.insert("limit_minute".into(), n.into());
+            }
+            if let Some(n) = found.remaining_minute {
+                limits.insert("remaining_minute".into(), n.into());
+            }
+            let meta = serde_json::json!({
+                "_credits": credits, "_cache": cache, "_rate_limits": limits, "x": data,
+            });
+            if meta_first {
+                format!(r#"{{"_meta":{meta},"data":{data}}}"#)
+            } else {
+                format!(r#"{{"data":{data}, "_meta" : {meta:#}}}"#)
+            }
+        }
+
+        fn figures() -> impl Strategy<Value = MetaFound> {
+            (
+                any::<Option<u64>>(),
+                any::<Option<u64>>(),
+                any::<Option<bool>>(),
+                any::<Option<u32>>(),
+                any::<Option<u32>>(),
+            )
+                .prop_map(
+                    |(credits_used, balance, is_cached, limit_minute, remaining_minute)| {
+                        MetaFound {
+                            credits_used,
+                            balance,
+                            is_cached,
+                            limit_minute,
+                            remaining_minute,
+                        }
+                    },
+                )
+        }
+
+        proptest! {
+            #[test]
+            fn a_response_yields_its_figures_however_it_is_cut(
+                found in figures(),
+                data in json_noise(),
+                note in json_noise(),
+                meta_first in any::<bool>(),
+                at in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+            ) {
+                let body = response(found, &data, &note, meta_first);
+                let pieces = cut(body.as_bytes(), &at);
+                let mut scanner = MetaScanner::new();
+                for piece in &pieces {
+                    scanner.feed(piece);
+                }
+                prop_assert_eq!(scanner.found(), found, "{}", body);
+                prop_assert!(!scanner.is_stopped());
+            }
+
+            #[test]
+            fn any_bytes_scan_the_same_however_they_are_cut(
+                body in prop::collection::vec(
+                    prop::sample::select(b"{}[]\":,\\ -.eE0123456789tfnrulsa_metcdibgp".to_vec()),
+                    0..160,
+                ),
+                at in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+            ) {
+                let mut whole = MetaScanner::new();
+                whole.feed(&body);
+                let mut pieces = MetaScanner::new();
+                for piece in cut(&body, &at) {
+                    pieces.feed(piece);
+                }
+                prop_assert_eq!(pieces.found(), whole.found());
+                prop_assert_eq!(pieces.is_stopped(), whole.is_stopped());
+            }
+        }
+    }
 }
