@@ -65,8 +65,9 @@ pub fn percent_decode_strict(segment: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// SPEC §5 restated: whether the gateway must accept `path`. It must start with `/`, and each
-/// segment after it (if there is anything after it) must be non-empty, decode strictly, and
-/// decode to something that is not made of dots only and holds no `/`, `\` or control character.
+/// segment after it (if there is anything after it) must be non-empty, be ASCII as written
+/// (anything else percent-encoded), decode strictly, and decode to UTF-8 that is not made of dots
+/// only and holds no `/`, `\` or control character.
 pub fn path_is_safe(path: &str) -> bool {
     let Some(rest) = path.strip_prefix('/') else {
         return false;
@@ -75,10 +76,14 @@ pub fn path_is_safe(path: &str) -> bool {
         return true;
     }
     rest.split('/').all(|segment| {
+        if !segment.is_ascii() {
+            return false;
+        }
         let Some(decoded) = percent_decode_strict(segment.as_bytes()) else {
             return false;
         };
-        !decoded.is_empty()
+        std::str::from_utf8(&decoded).is_ok()
+            && !decoded.is_empty()
             && !decoded.iter().all(|&b| b == b'.')
             && !decoded
                 .iter()
