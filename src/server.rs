@@ -325,6 +325,38 @@ struct ConnectionLimits {
     header_read_timeout: Duration,
 }
 
+/// What hyper needs of a listener's service: cloned for each connection and moved to its task.
+trait ConnectionService<B>:
+    Service<Request<Incoming>, Response = Response<B>, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> ConnectionService<B> for S where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// A response body hyper can write from a connection's task.
+trait ResponseBody:
+    http_body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + 'static
+{
+}
+
+impl<B> ResponseBody for B where
+    B: http_body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + 'static
+{
+}
+
 /// Accepts connections until told to stop, then drains them for at most `grace`.
 ///
 /// At most `limits.max_connections` connections are open at once. One over the cap is accepted
@@ -342,13 +374,8 @@ async fn accept_loop<S, B>(
     grace: Duration,
     limits: ConnectionLimits,
 ) where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: ConnectionService<B>,
+    B: ResponseBody,
 {
     let mut connections = tokio::task::JoinSet::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -494,13 +521,8 @@ async fn serve_connection<S, B>(
     idle_timeout: Duration,
     _slot: OwnedSemaphorePermit,
 ) where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: ConnectionService<B>,
+    B: ResponseBody,
 {
     let opened = tokio::time::Instant::now();
     let mut first_byte = [0u8; 1];
@@ -540,13 +562,8 @@ async fn serve_http<S, B>(
     idle_timeout: Duration,
     opened: tokio::time::Instant,
 ) where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: ConnectionService<B>,
+    B: ResponseBody,
 {
     let activity = Arc::new(Activity::new(opened));
     let service = Tracked {
