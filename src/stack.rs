@@ -26,7 +26,7 @@ use crate::layers::meter::{Meter, MeterLayer};
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::{RequestIdLayer, X_REQUEST_ID};
 use crate::layers::rescue::RescueLayer;
-use crate::layers::route::RouteLayer;
+use crate::layers::route::{RouteLayer, MAX_ROUTE_TEMPLATES};
 use crate::layers::upstream_auth::UpstreamAuthLayer;
 use crate::layers::validate::ValidateLayer;
 use crate::limiter::Limiter;
@@ -108,7 +108,7 @@ pub fn client_stack(
         // Bounds everything below, the wait for the upstream's answer included.
         .layer(TimeoutLayer::new(server.request_timeout))
         // Cheap checks first: a malformed or unknown path never meets authentication.
-        .layer(RouteLayer)
+        .layer(RouteLayer::new(MAX_ROUTE_TEMPLATES))
         .layer(AuthenticateLayer::new(config.clone()))
         .layer(AuthorizeLayer::new(budgets))
         // Only authorized clients get to send bytes; then the body is bounded...

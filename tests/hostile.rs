@@ -1156,3 +1156,41 @@ async fn h2_a_burst_of_rapid_resets_gets_goaway() {
     })
     .await
 }
+
+/// Route templates keep the path's words, and routing comes before authentication, so anyone can
+/// invent routes. Past `MAX_ROUTE_TEMPLATES` distinct ones, new ones share `GET /api/{other}`:
+/// the metrics (one series per route) stay bounded however many paths are made up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invented_routes_cannot_grow_the_metrics_without_end() {
+    use ofapi_gateway::layers::route::MAX_ROUTE_TEMPLATES;
+    bounded(60, async {
+        let (mock, gw) = setup().await;
+        let client = HttpClient::http1();
+        let invented = MAX_ROUTE_TEMPLATES + 100;
+        // Words without digits (a segment with a digit is an `{id}`): aaa, aab, ...
+        let word = |i: usize| -> String {
+            [i / 676, i / 26 % 26, i % 26]
+                .iter()
+                .map(|&d| char::from(b'a' + d as u8))
+                .collect()
+        };
+        for i in 0..invented {
+            let resp = client
+                .get(&gw.url(&format!("/api/invented-{}", word(i))), None)
+                .await;
+            assert_eq!(resp.status, 401);
+        }
+        let metrics = client.get(&gw.admin_url("/metrics"), None).await.text();
+        let routes: std::collections::BTreeSet<&str> = metrics
+            .lines()
+            .filter(|line| line.starts_with("ofapi_gateway_requests_total{"))
+            .filter_map(|line| line.split("route=\"").nth(1))
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        assert_eq!(routes.len(), MAX_ROUTE_TEMPLATES + 1, "{:?}", routes.last());
+        assert!(routes.contains("GET /api/{other}"));
+        assert!(routes.contains("GET /api/invented-aaa"));
+        assert_eq!(mock.count(), 0);
+    })
+    .await
+}

@@ -1,9 +1,14 @@
 //! Routing: the request-head and path-safety checks (400, never forwarded), `/healthz`, 404
 //! outside `/api/`, the method check (405), and the route's template and account for the layers
 //! below (scopes, validation, metrics labels, logs).
+//!
+//! Route templates keep the path's words, and the route layer runs before authentication, so
+//! anyone could invent routes (`/api/aaa`, `/api/aab`...). Each distinct template is a metrics
+//! series kept for the life of the process; [`RouteNames`] caps how many there can be.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use futures_util::future::{ready, Either};
@@ -35,19 +40,87 @@ pub enum RouteKind {
     Other,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RouteLayer;
+/// Distinct route templates (metrics series) there may be; the real API has a few hundred
+/// method-and-route pairs at most.
+pub const MAX_ROUTE_TEMPLATES: usize = 1000;
+
+/// The route templates seen so far, each stored once and shared by every request that has it.
+/// Past `max` distinct ones, a new template is named `{METHOD} /api/{other}` instead, so invented
+/// paths cannot grow the metrics (or the per-route cost estimates) without end.
+#[derive(Debug)]
+pub struct RouteNames {
+    known: RwLock<HashSet<Arc<str>>>,
+    max: usize,
+}
+
+impl RouteNames {
+    pub fn new(max: usize) -> Self {
+        Self {
+            known: RwLock::new(HashSet::new()),
+            max,
+        }
+    }
+
+    /// The shared name of `template`: itself the first `max` times a new one is seen, then
+    /// `{METHOD} /api/{other}` for any template not seen before.
+    pub fn name(&self, method: &Method, template: Arc<str>) -> Arc<str> {
+        let read = self.known.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = read.get(&*template) {
+            return Arc::clone(known);
+        }
+        drop(read);
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = known.get(&*template) {
+            return Arc::clone(existing);
+        }
+        if known.len() < self.max {
+            known.insert(Arc::clone(&template));
+            if known.len() == self.max {
+                tracing::warn!(
+                    max = self.max,
+                    "this many distinct routes seen; new ones are labelled /api/{{other}}"
+                );
+            }
+            return template;
+        }
+        // The overflow names (one per forwarded method) are stored once, past `max`.
+        let other = format!("{method} /api/{{other}}");
+        if let Some(existing) = known.get(other.as_str()) {
+            return Arc::clone(existing);
+        }
+        let other: Arc<str> = Arc::from(other);
+        known.insert(Arc::clone(&other));
+        other
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RouteLayer {
+    names: Arc<RouteNames>,
+}
+
+impl RouteLayer {
+    pub fn new(max_templates: usize) -> Self {
+        Self {
+            names: Arc::new(RouteNames::new(max_templates)),
+        }
+    }
+}
 
 impl<S> Layer<S> for RouteLayer {
     type Service = Route<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Route { inner }
+        Route {
+            inner,
+            names: Arc::clone(&self.names),
+        }
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct Route<S> {
     inner: S,
+    names: Arc<RouteNames>,
 }
 
 impl<S> Service<Request<Body>> for Route<S>
@@ -84,7 +157,8 @@ where
         if !is_forwarded_method(req.method()) {
             return reject(GatewayError::MethodNotAllowed);
         }
-        let info = classify(req.method(), path);
+        let mut info = classify(req.method(), path);
+        info.template = self.names.name(req.method(), info.template);
         if let Some(note) = req.extensions().get::<Arc<RequestNote>>() {
             note.set_route(&info.template);
         }
@@ -400,6 +474,25 @@ mod tests {
                 "{version:?} {headers:?}"
             );
         }
+    }
+
+    #[test]
+    fn route_names_are_shared_and_capped() {
+        let names = RouteNames::new(2);
+        let name = |method: &Method, t: &str| names.name(method, Arc::from(t));
+        let first = name(&Method::GET, "GET /api/whoami");
+        // The same template again is the stored one, not a new allocation.
+        assert!(Arc::ptr_eq(&first, &name(&Method::GET, "GET /api/whoami")));
+        assert_eq!(&*name(&Method::PUT, "PUT /api/a"), "PUT /api/a");
+        // The cap is reached: new templates get the method's overflow name...
+        assert_eq!(&*name(&Method::GET, "GET /api/b"), "GET /api/{other}");
+        assert_eq!(&*name(&Method::GET, "GET /api/c"), "GET /api/{other}");
+        assert_eq!(&*name(&Method::POST, "POST /api/d"), "POST /api/{other}");
+        // ...while the known ones keep theirs.
+        assert_eq!(&*name(&Method::PUT, "PUT /api/a"), "PUT /api/a");
+        assert_eq!(&*name(&Method::GET, "GET /api/whoami"), "GET /api/whoami");
+        let stored = names.known.read().unwrap().len();
+        assert_eq!(stored, 4, "two templates and two overflow names");
     }
 
     #[test]
