@@ -22,12 +22,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
 use tower::Service;
 
 use crate::body::BoxError;
 use crate::budget::Budgets;
 use crate::config::Config;
-use crate::layers::meter::detached::Detached;
 use crate::layers::meter::Meter;
 use crate::ledger::Ledger;
 use crate::limiter::Limiter;
@@ -60,7 +60,7 @@ pub struct Gateway {
     /// Flushed and closed once the client listener has drained...
     ledger: Ledger,
     /// ...and the calls whose clients hung up have been finished and metered.
-    detached: Detached,
+    detached: TaskTracker,
     pub metrics: Metrics,
     /// Cleared as shutdown begins, so `/readyz` turns 503 while connections drain.
     ready: Arc<AtomicBool>,
@@ -142,7 +142,7 @@ impl Gateway {
         let budgets = Budgets::new(&config, |since| spent_since(&ledger, since));
         let limiter = Limiter::new(&config);
         let metrics = Metrics::new();
-        let detached = Detached::default();
+        let detached = TaskTracker::new();
         let meter = Arc::new(Meter {
             metrics: metrics.clone(),
             ledger: Some(ledger.clone()),
@@ -269,12 +269,13 @@ impl Gateway {
         let _ = self.stop_client.send(true);
         let _ = self.client_task.await;
         // Calls whose client hung up are still being answered upstream: they cost credits too.
-        if tokio::time::timeout_at(deadline, self.detached.idle())
+        self.detached.close();
+        if tokio::time::timeout_at(deadline, self.detached.wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                calls = self.detached.running(),
+                calls = self.detached.len(),
                 "shutdown grace expired before every call of a client that hung up was \
                  answered; those calls will be missing from the ledger"
             );

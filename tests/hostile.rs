@@ -924,7 +924,7 @@ async fn h2_rapid_reset_streams_are_cancelled_and_others_are_still_served() {
         );
         // A stream reset after the stack forwarded it is a call the upstream received: like any
         // client that hangs up, it is finished and metered in the background (see
-        // `meter::detached`), so the few that got that far do reach the upstream.
+        // `Meter::detach`), so the few that got that far do reach the upstream.
     })
     .await
 }

@@ -27,8 +27,8 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
+use tokio_util::task::TaskTracker;
 
-use super::detached::Detached;
 use super::rewrite::NextPageRewriter;
 use super::scan::{MetaFound, MetaScanner};
 use crate::body::{Body, BoxError};
@@ -71,8 +71,8 @@ pub type OnEnd = Box<dyn FnOnce(BodyEnd) + Send>;
 /// How a body dropped before its end is read to its end in the background.
 #[derive(Clone, Debug)]
 pub struct FinishWhenDropped {
-    /// Counts the background read, so a graceful stop waits for it.
-    pub detached: Detached,
+    /// Tracks the background read, so a graceful stop waits for it.
+    pub detached: TaskTracker,
     /// The longest the background read may take.
     pub timeout: Duration,
     /// The most bytes it reads; past them the body is reported with what was found.
@@ -331,13 +331,9 @@ impl Drop for MeteredBody {
                     on_end: self.on_end.take(),
                     finish: None,
                 };
-                let guard = finish.detached.enter();
-                runtime.spawn(async move {
-                    let _guard = guard;
-                    // Past the deadline `rest` is dropped: it reports what it found by then.
-                    let _ =
-                        tokio::time::timeout(finish.timeout, rest.read_rest(finish.limit)).await;
-                });
+                // Past the deadline `rest` is dropped: it reports what it found by then.
+                let read = tokio::time::timeout(finish.timeout, rest.read_rest(finish.limit));
+                finish.detached.spawn_on(read, &runtime);
                 return;
             }
         }
@@ -468,7 +464,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_dropped_before_its_meta_is_read_to_its_end_in_the_background() {
         let (reports, on_end) = recorder();
-        let detached = Detached::default();
+        let detached = TaskTracker::new();
         let finish = FinishWhenDropped {
             detached: detached.clone(),
             timeout: std::time::Duration::from_secs(5),
@@ -478,7 +474,8 @@ mod tests {
             .finish_when_dropped(finish.clone());
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         drop(body);
-        detached.idle().await;
+        detached.close();
+        detached.wait().await;
         assert_eq!(
             *reports.lock().unwrap(),
             [BodyEnd {
@@ -494,7 +491,7 @@ mod tests {
             .finish_when_dropped(finish.clone());
         body.frame().await.unwrap().unwrap();
         drop(body);
-        assert_eq!(detached.running(), 0);
+        assert!(detached.is_empty());
         assert_eq!(reports.lock().unwrap()[0].outcome, BodyOutcome::Dropped);
 
         // Past its byte limit it reports what it found by then.
@@ -503,7 +500,7 @@ mod tests {
             .finish_when_dropped(FinishWhenDropped { limit: 0, ..finish });
         body.frame().await.unwrap().unwrap();
         drop(body);
-        detached.idle().await;
+        detached.wait().await;
         assert_eq!(reports.lock().unwrap()[0].found, MetaFound::default());
     }
 

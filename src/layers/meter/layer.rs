@@ -6,7 +6,10 @@
 //!
 //! A call whose client hangs up while it is at the upstream is not dropped with the client's
 //! request: the upstream charges for it all the same, so it is finished in the background and
-//! metered like any other (see `detached`).
+//! metered like any other (a client could otherwise spend past its budget by hanging up on every
+//! call). Those tasks are bounded by what was admitted upstream (each took a rate-limit slot, and
+//! lives at most `upstream.timeout` for the answer and as long again, and 16 MiB, to read its
+//! body), and tracked in [`Meter::detached`] so that a graceful stop waits for them.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,11 +18,10 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use tokio_util::task::TaskTracker;
 use tower::{Layer, Service};
 
 use super::body::{BodyEnd, BodyOutcome, FinishWhenDropped, MeteredBody};
-use super::detached::Detached;
 use super::rewrite::NextPageRewriter;
 use crate::body::{boxed, Body, BoxError};
 use crate::budget::{Budgets, Reservation};
@@ -46,9 +48,9 @@ pub struct Meter {
     /// WARN once when the balance falls below this.
     pub low_balance_warning: u64,
     pub balance: Mutex<BalanceWatch>,
-    /// Calls finished in the background after their client hung up; a graceful stop waits for
-    /// them before it closes the ledger.
-    pub detached: Detached,
+    /// Calls (and bodies) finished in the background after their client hung up; a graceful
+    /// stop waits for them before it closes the ledger.
+    pub detached: TaskTracker,
     /// How long such a call may take to deliver its answer's body once its headers are in
     /// (`upstream.timeout`; the wait for the headers is bounded by the upstream client).
     pub detached_body_timeout: Duration,
@@ -258,48 +260,30 @@ impl Meter {
     }
 
     /// Finishes a call whose client went away while it was at the upstream: waits for the
-    /// answer on its own task, reads its body (up to [`DETACHED_BODY_LIMIT`], within
-    /// `detached_body_timeout`) so that `_meta` is read and the upstream connection can be
-    /// reused, and records it as cut. Without a runtime to run on, records it at once with
-    /// unknown credits.
+    /// answer on its own task and records it as cut (its body, dropped there, is read for
+    /// `_meta` when the headers did not give the credits: see [`Meter::wrap`]). Without a
+    /// runtime to run on, records it at once with unknown credits.
     fn detach<F>(meter: Arc<Self>, mut call: Call, inner: F)
     where
         F: Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
     {
         call.detached = true;
-        let unfinished = Unfinished {
+        let mut unfinished = Unfinished {
             meter: Arc::clone(&meter),
             call: Some(call),
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return drop(unfinished);
         };
-        let guard = meter.detached.enter();
-        runtime.spawn(async move {
-            let _guard = guard;
-            let mut unfinished = unfinished;
-            let result = inner.await;
-            let Some(call) = unfinished.call.take() else {
-                return;
-            };
-            let limit = meter.detached_body_timeout;
-            if let Ok(response) = Arc::clone(&meter).answered(call, result) {
-                let mut body = response.into_body();
-                let _ = tokio::time::timeout(limit, async {
-                    let mut read = 0u64;
-                    while read <= DETACHED_BODY_LIMIT {
-                        match body.frame().await {
-                            Some(Ok(frame)) => {
-                                read += frame.data_ref().map_or(0, |d| d.len() as u64);
-                            }
-                            Some(Err(_)) | None => break,
-                        }
-                    }
-                })
-                .await;
-                // Dropping the metered body records the call, if its end has not already.
-            }
-        });
+        meter.detached.clone().spawn_on(
+            async move {
+                let result = inner.await;
+                if let Some(call) = unfinished.call.take() {
+                    drop(Arc::clone(&meter).answered(call, result));
+                }
+            },
+            &runtime,
+        );
     }
 
     /// Wraps the body so the call is recorded when it ends.
@@ -317,14 +301,13 @@ impl Meter {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
         let status = parts.status;
-        // Dropped by a client that hung up, a body whose credits the headers did not give is read
-        // to its end anyway (a call finished in the background already reads its own).
-        let finish =
-            (json && facts.credits_used.is_none() && !call.detached).then(|| FinishWhenDropped {
-                detached: meter.detached.clone(),
-                timeout: meter.detached_body_timeout,
-                limit: DETACHED_BODY_LIMIT,
-            });
+        // Dropped by a client that hung up (or by a call finished in the background), a body
+        // whose credits the headers did not give is read to its end anyway.
+        let finish = (json && facts.credits_used.is_none()).then(|| FinishWhenDropped {
+            detached: meter.detached.clone(),
+            timeout: meter.detached_body_timeout,
+            limit: DETACHED_BODY_LIMIT,
+        });
         let body = MeteredBody::new(body, json, rewriter, move |end| {
             meter.record(
                 &call,

@@ -4,11 +4,9 @@
 //!
 //! `layer` is the Tower layer that records each call when its body ends. `scan` holds the incremental tokenizer and the `_meta` scanner, `rewrite` the `next_page`
 //! rewriter built on the same tokenizer, and `body` the `MeteredBody` that wires both into the
-//! stack's body type and reports once when the body ends. `detached` counts the calls finished in
-//! the background after their client hung up.
+//! stack's body type and reports once when the body ends.
 
 pub mod body;
-pub mod detached;
 mod layer;
 pub mod rewrite;
 pub mod scan;
