@@ -19,7 +19,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use pin_project_lite::pin_project;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
@@ -641,14 +641,15 @@ where
 }
 
 /// One connection's requests in flight, and since when it has had none.
+///
+/// Requests only update two atomics; [`Activity::idle_for`] looks at them when its timer fires,
+/// so a busy connection costs no wake-up or timer per request.
 struct Activity {
     /// Requests whose response has not ended yet (their body included).
     in_flight: AtomicUsize,
     /// When `in_flight` last fell to zero, in milliseconds since `opened`.
     idle_since_ms: AtomicU64,
     opened: tokio::time::Instant,
-    /// Wakes [`Activity::idle_for`] when `in_flight` falls to zero.
-    became_idle: Notify,
 }
 
 impl Activity {
@@ -657,7 +658,6 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             opened,
-            became_idle: Notify::new(),
         }
     }
 
@@ -670,21 +670,17 @@ impl Activity {
     async fn idle_for(&self, timeout: Duration) {
         loop {
             if self.in_flight.load(Ordering::SeqCst) > 0 {
-                self.became_idle.notified().await;
+                // Busy: look again later (a request that ends sets `idle_since_ms`).
+                tokio::time::sleep(timeout).await;
                 continue;
             }
             let since = self.idle_since_ms.load(Ordering::SeqCst);
-            let deadline = self.opened + Duration::from_millis(since) + timeout;
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {
-                    // Still idle, and not busy in between?
-                    if self.in_flight.load(Ordering::SeqCst) == 0
-                        && self.idle_since_ms.load(Ordering::SeqCst) == since
-                    {
-                        return;
-                    }
-                }
-                _ = self.became_idle.notified() => {}
+            tokio::time::sleep_until(self.opened + Duration::from_millis(since) + timeout).await;
+            // Still idle, and not busy in between?
+            if self.in_flight.load(Ordering::SeqCst) == 0
+                && self.idle_since_ms.load(Ordering::SeqCst) == since
+            {
+                return;
             }
         }
     }
@@ -702,7 +698,6 @@ impl Drop for InFlight {
             activity
                 .idle_since_ms
                 .store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::SeqCst);
-            activity.became_idle.notify_one();
         }
     }
 }
