@@ -194,7 +194,8 @@ pin_project! {
         #[pin]
         inner: B,
         timeout: Duration,
-        stall: Option<Pin<Box<Sleep>>>,
+        #[pin]
+        stall: Option<Sleep>,
         // The timer runs for the current wait (reset at the first `Pending` after a frame).
         waiting: bool,
         // The body failed for a stall: nothing more comes.
@@ -234,19 +235,19 @@ where
             *this.waiting = false;
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
+        let mut stall = this.stall;
         if !*this.waiting {
             *this.waiting = true;
             let deadline = Instant::now() + *this.timeout;
-            match this.stall.as_mut() {
-                Some(stall) => stall.as_mut().reset(deadline),
-                None => *this.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            match stall.as_mut().as_pin_mut() {
+                Some(sleep) => sleep.reset(deadline),
+                None => stall.set(Some(tokio::time::sleep_until(deadline))),
             }
         }
-        let timeout = *this.timeout;
-        let stall = this
-            .stall
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        if stall.as_mut().poll(cx).is_ready() {
+        if stall
+            .as_pin_mut()
+            .is_some_and(|sleep| sleep.poll(cx).is_ready())
+        {
             *this.stalled = true;
             tracing::debug!("the upstream left its response body silent for upstream.timeout");
             return Poll::Ready(Some(Err(GatewayError::UpstreamTimeout.into())));
