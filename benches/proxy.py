@@ -29,13 +29,14 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from procs import RunError, env, free_port, log, on_signal, spawn, stop, stop_all, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHES = os.path.join(ROOT, "benches")
@@ -47,11 +48,6 @@ PATH = "/api/fansly/fansly_acct_bench/tracking-links/100000000000000003"
 BODY = b'{"label":"Twitter bio (updated)","description":"Updated description."}'
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def env(name, default):
-    value = os.environ.get(name, "").strip()
-    return value if value else default
 
 
 QUICK = env("QUICK", "0") not in ("0", "false", "no")
@@ -67,58 +63,8 @@ GATEWAY = env("GATEWAY", os.path.join(ROOT, "target/release/ofapi-gateway"))
 KEEP_TMP = env("KEEP_TMP", "0") not in ("0", "false", "no")
 
 
-class BenchError(Exception):
+class BenchError(RunError):
     """A target did not behave: the benchmark stops with this message."""
-
-
-def log(message):
-    print(message, file=sys.stderr, flush=True)
-
-
-# --- processes we started, and only those ------------------------------------------------------
-
-STARTED = []  # subprocess.Popen objects, stopped in reverse order at exit
-
-
-def spawn(args, **kwargs):
-    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, **kwargs)
-    STARTED.append(process)
-    return process
-
-
-def stop(process, grace=10.0):
-    """SIGTERM (nginx: fast shutdown; gateway: graceful drain), then SIGKILL past `grace`."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            log(f"pid {process.pid} ignored SIGTERM for {grace}s: SIGKILL")
-            process.kill()
-            process.wait(timeout=5)
-    if process in STARTED:
-        STARTED.remove(process)
-
-
-def stop_all():
-    for process in reversed(list(STARTED)):
-        try:
-            stop(process, grace=5.0)
-        except Exception as error:  # keep stopping the others
-            log(f"could not stop pid {process.pid}: {error}")
-
-
-def on_signal(signum, _frame):
-    raise SystemExit(128 + signum)
-
-
-# --- small helpers --------------------------------------------------------------------------------
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def request(port, method, path, headers=None, body=None, timeout=5.0):
@@ -130,19 +76,6 @@ def request(port, method, path, headers=None, body=None, timeout=5.0):
         return response.status, response.read()
     finally:
         conn.close()
-
-
-def wait_port(port, process, what, deadline_s=10.0):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise BenchError(f"{what} exited with {process.returncode} before listening")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.01)
-    raise BenchError(f"{what} did not listen on 127.0.0.1:{port} within {deadline_s}s")
 
 
 def fill(template_name, out_path, fields):
@@ -678,6 +611,6 @@ if __name__ == "__main__":
     signal.signal(signal.SIGHUP, on_signal)
     try:
         main()
-    except BenchError as error:
+    except RunError as error:
         log(f"benchmark aborted: {error}")
         sys.exit(1)

@@ -51,11 +51,12 @@ import shutil
 import signal
 import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+
+from procs import RunError, env, free_port, log, on_signal, spawn, stop, stop_all, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UPSTREAM_SCRIPT = os.path.join(ROOT, "benches", "soak_upstream.py")
@@ -63,11 +64,6 @@ UPSTREAM_SCRIPT = os.path.join(ROOT, "benches", "soak_upstream.py")
 UPSTREAM_KEY = "soak-upstream-key-7d1e4b"
 ACCOUNTS = ["fansly_acct_soak1", "fansly_acct_soak2", "fansly_acct_soak3"]
 UPSTREAM_TIMEOUT_S = 2.0  # the gateway's upstream.timeout; the upstream's stall is longer
-
-
-def env(name, default):
-    value = os.environ.get(name, "").strip()
-    return value if value else default
 
 
 def seconds(text):
@@ -91,69 +87,8 @@ KEEP_TMP = env("KEEP_TMP", "0") not in ("0", "false", "no")
 GATEWAY_LOG = env("RUST_LOG", "warn,ofapi_gateway::cli=info")
 
 
-class SoakError(Exception):
+class SoakError(RunError):
     """The soak could not run (a process did not start, a port did not open)."""
-
-
-def log(message):
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-# --- processes we started, and only those ------------------------------------------------------
-
-STARTED = []
-
-
-def spawn(args, **kwargs):
-    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, **kwargs)
-    STARTED.append(process)
-    return process
-
-
-def stop(process, grace):
-    """SIGTERM, then SIGKILL past `grace`; returns the exit code."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            log(f"pid {process.pid} ignored SIGTERM for {grace}s: SIGKILL")
-            process.kill()
-            process.wait(timeout=5)
-    if process in STARTED:
-        STARTED.remove(process)
-    return process.returncode
-
-
-def stop_all():
-    for process in reversed(list(STARTED)):
-        try:
-            stop(process, grace=5.0)
-        except Exception as error:  # keep stopping the others
-            log(f"could not stop pid {process.pid}: {error}")
-
-
-def on_signal(signum, _frame):
-    raise SystemExit(128 + signum)
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, process, what, deadline_s=15.0):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SoakError(f"{what} exited with {process.returncode} before listening")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise SoakError(f"{what} did not listen on 127.0.0.1:{port} within {deadline_s}s")
 
 
 def rss_kib(pid):
@@ -885,6 +820,6 @@ if __name__ == "__main__":
     signal.signal(signal.SIGHUP, on_signal)
     try:
         sys.exit(main())
-    except SoakError as error:
+    except RunError as error:
         log(f"soak aborted: {error}")
         sys.exit(2)
