@@ -86,10 +86,10 @@ impl Config {
             self.admin.listen,
             if self.admin.token.is_some() {
                 "bearer token required for /metrics and /usage"
-            } else if self.admin.listen.ip().is_loopback() {
-                "no token"
-            } else {
+            } else if self.admin_is_open() {
                 ADMIN_OPEN
+            } else {
+                "no token"
             }
         )?;
         let u = &self.upstream;
