@@ -426,6 +426,113 @@ async fn a_version_1_file_is_upgraded_in_place_keeping_its_rows() {
         .unwrap();
     assert_eq!(indexes, 0, "the index version 2 drops");
     assert_eq!(count(&path), 2);
+    let table: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'requests'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!table.contains(" IN ("), "version 3's check: {table}");
+}
+
+#[tokio::test]
+async fn a_version_2_file_is_rebuilt_keeping_its_rows_ids_and_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = ledger_path(&dir);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        tx.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        tx.execute_batch(schema::MIGRATIONS[1]).unwrap();
+        for (ts, outcome) in [
+            (NOV_1, "complete"),
+            (NOV_1 + 5, "cut"),
+            (NOV_1 + 9, "error"),
+        ] {
+            tx.execute(
+                schema::INSERT_ROW,
+                rusqlite::params![ts, "id", "c", "PUT", "r", "acct", 200, 7, 90, true, 3, outcome],
+            )
+            .unwrap();
+        }
+        tx.pragma_update(None, "user_version", 2).unwrap();
+        tx.commit().unwrap();
+    }
+    let ledger = Ledger::open(&long_retention(&path)).unwrap();
+    ledger.close().await.unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let rows: Vec<(i64, i64, String, i64)> = conn
+        .prepare("SELECT id, ts_ms, outcome, credits_used FROM requests ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (1, NOV_1, "complete".to_owned(), 7),
+            (2, NOV_1 + 5, "cut".to_owned(), 7),
+            (3, NOV_1 + 9, "error".to_owned(), 7)
+        ]
+    );
+    let objects: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'index') ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(objects, ["daily", "requests", "requests_ts"]);
+}
+
+#[tokio::test]
+async fn a_row_insert_builds_no_temporary_table_and_still_checks_the_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = ledger_path(&dir);
+    let ledger = Ledger::open(&long_retention(&path)).unwrap();
+    ledger.close().await.unwrap();
+    let conn = Connection::open(&path).unwrap();
+    // Version 2's `CHECK (outcome IN (...))` made SQLite open an ephemeral b-tree (a page
+    // cache, a zeroed page) for every row: half the cost of an insert.
+    let opcodes: Vec<String> = conn
+        .prepare(&format!("EXPLAIN {}", schema::INSERT_ROW))
+        .unwrap()
+        .query_map([rusqlite::types::Null; 12], |r| r.get(1))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(opcodes.iter().any(|op| op == "Insert"), "{opcodes:?}");
+    assert!(
+        !opcodes.iter().any(|op| op == "OpenEphemeral"),
+        "{opcodes:?}"
+    );
+    let insert = |outcome: &str| {
+        conn.execute(
+            schema::INSERT_ROW,
+            rusqlite::params![
+                1,
+                "id",
+                "c",
+                "PUT",
+                "r",
+                None::<String>,
+                200,
+                1,
+                2,
+                false,
+                3,
+                outcome
+            ],
+        )
+    };
+    insert("complete").unwrap();
+    insert("cut").unwrap();
+    insert("error").unwrap();
+    let refused = insert("lost").unwrap_err().to_string();
+    assert!(refused.contains("CHECK constraint failed"), "{refused}");
 }
 
 #[tokio::test]

@@ -296,11 +296,7 @@ impl Writer {
 fn insert(conn: &mut Connection, rows: &[LedgerRow]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO requests (ts_ms, request_id, client, method, route, account, status,
-                                   credits_used, balance, cached, duration_ms, outcome)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )?;
+        let mut stmt = tx.prepare_cached(schema::INSERT_ROW)?;
         for row in rows {
             stmt.execute(params![
                 row.ts_ms,
