@@ -289,28 +289,34 @@ fn classify_client_error(error: hyper_util::client::legacy::Error) -> BoxError {
 /// Removes the headers that describe one connection rather than the message (RFC 9110 §7.6.1),
 /// including any the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    // The usual message has none: one pass over its names, and no removal (each hashes a name).
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let named = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok());
+    let doomed: Vec<HeaderName> = named
+        .chain(headers.keys().filter(|name| is_hop_by_hop(name)).cloned())
         .collect();
-    for name in named {
+    for name in doomed {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::PROXY_AUTHENTICATE,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
+}
+
+/// The hop-by-hop headers every message loses (those a `Connection` header names come on top).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
 }
 
 #[cfg(test)]
@@ -395,5 +401,26 @@ mod tests {
         assert_eq!(names.len(), 2, "{names:?}");
         assert!(headers.contains_key("idempotency-key"));
         assert!(headers.contains_key(header::IF_NONE_MATCH));
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_goes_even_alone() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, "x".parse().unwrap());
+            headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+            remove_hop_by_hop(&mut headers);
+            let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+            assert_eq!(names, ["content-type"], "{name}");
+        }
     }
 }
