@@ -158,7 +158,7 @@ impl Cli {
             } => usage(&self.config, since, by.into(), format.into()),
             Command::Serve { no_metering } => {
                 init_tracing(self.log_format);
-                runtime().and_then(|rt| rt.block_on(serve(&self.config, !no_metering)))
+                control_runtime().and_then(|rt| rt.block_on(serve(&self.config, !no_metering)))
             }
             Command::Sandbox {
                 listen,
@@ -185,6 +185,14 @@ impl Cli {
             }
         }
     }
+}
+
+/// `serve`'s own runtime: signals, the admin listener, the in-process sandbox, the limiter's
+/// dispatcher. The client listener is served by threads of its own (`server::ServingThreads`).
+fn control_runtime() -> Result<tokio::runtime::Runtime, BoxError> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, BoxError> {

@@ -19,7 +19,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use pin_project_lite::pin_project;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
@@ -66,9 +66,10 @@ pub struct Gateway {
     ready: Arc<AtomicBool>,
     /// Stops the client listener first...
     stop_client: watch::Sender<bool>,
-    client_task: JoinHandle<()>,
+    serving: ServingThreads,
     /// ...and, once its requests have drained, the admin listener (probes keep answering
-    /// during the drain) and the in-process sandbox (in-flight requests still need it).
+    /// during the drain), the in-process sandbox (in-flight requests still need it) and the
+    /// serving threads' runtimes (which run the calls of clients that hung up).
     stop_rest: watch::Sender<bool>,
     other_tasks: Vec<JoinHandle<()>>,
 }
@@ -113,15 +114,22 @@ impl Gateway {
             Some(addr) => format!("http://{addr}").parse()?,
             None => config.upstream.base_url.clone(),
         };
-        let upstream = UpstreamClient::new(&config.upstream, &base_url)?;
+        let threads = serving_threads();
+        // One upstream pool per serving thread, as nginx has one per worker: a request never
+        // waits on a connection whose task runs on another thread.
+        let upstreams = (0..threads)
+            .map(|_| UpstreamClient::new(&config.upstream, &base_url))
+            .collect::<Result<Vec<_>, _>>()?;
         let grace = config.server.shutdown_grace;
         let client_limits = ConnectionLimits {
             max_connections: config.server.max_connections,
+            slots: Arc::new(Semaphore::new(config.server.max_connections)),
             header_read_timeout: config.server.header_read_timeout,
         };
         let admin_limits = ConnectionLimits {
             max_connections: ADMIN_MAX_CONNECTIONS,
-            ..client_limits
+            slots: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
+            header_read_timeout: config.server.header_read_timeout,
         };
         let tls = config.server.tls.as_ref().map(|tls| {
             Arc::new(ArcSwap::from_pointee(TlsAcceptor::from(Arc::clone(
@@ -161,35 +169,40 @@ impl Gateway {
         });
         let config: SharedConfig = Arc::new(ArcSwap::from_pointee(config));
         let ready = Arc::new(AtomicBool::new(true));
-        let client_service = stack::client_stack(StackParts {
-            config: config.clone(),
-            limiter: limiter.clone(),
-            budgets: budgets.clone(),
+        let parts = StackParts::new(
+            config.clone(),
+            limiter.clone(),
+            budgets.clone(),
             meter,
             metering,
-            upstream,
-        });
+        );
         let admin_service = admin::service(admin::AdminState {
             config: config.clone(),
             ready: ready.clone(),
             metrics: metrics.clone(),
             ledger: Some(ledger.clone()),
         });
-        let client_task = tokio::spawn(accept_loop(
-            client_listener,
-            tls.clone(),
-            client_service,
-            client_stopped,
-            grace,
-            client_limits,
-        ));
+        let serving = ServingThreads::start(
+            client_listener.into_std()?,
+            upstreams,
+            |upstream| stack::client_stack(parts.clone(), upstream),
+            Listening {
+                tls: tls.clone(),
+                stopped: client_stopped,
+                grace,
+                limits: client_limits,
+            },
+            rest_stopped.clone(),
+        )?;
         other_tasks.push(tokio::spawn(accept_loop(
             admin_listener,
-            None,
+            Listening {
+                tls: None,
+                stopped: rest_stopped,
+                grace,
+                limits: admin_limits,
+            },
             admin_service,
-            rest_stopped,
-            grace,
-            admin_limits,
         )));
         Ok(Self {
             client_addr,
@@ -204,7 +217,7 @@ impl Gateway {
             metrics,
             ready,
             stop_client,
-            client_task,
+            serving,
             stop_rest,
             other_tasks,
         })
@@ -267,7 +280,9 @@ impl Gateway {
         let deadline = tokio::time::Instant::now() + self.config.load().server.shutdown_grace;
         self.ready.store(false, Ordering::SeqCst);
         let _ = self.stop_client.send(true);
-        let _ = self.client_task.await;
+        for drained in self.serving.drained {
+            let _ = drained.await;
+        }
         // Calls whose client hung up are still being answered upstream: they cost credits too.
         self.detached.close();
         if tokio::time::timeout_at(deadline, self.detached.wait())
@@ -288,6 +303,79 @@ impl Gateway {
         for task in self.other_tasks {
             let _ = task.await;
         }
+        let threads = self.serving.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// Threads serving the client listener: `TOKIO_WORKER_THREADS` if set, else one per CPU.
+fn serving_threads() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The client listener, served thread-per-core: each thread runs a current-thread runtime with
+/// its own copy of the stack and its own upstream pool, and accepts from the one listening
+/// socket. A request lives on one thread from accept to last byte, as in an nginx worker: no
+/// task moves, no wake-up crosses threads. What must be one for the whole gateway (limits,
+/// budgets, the ledger, metrics, the connection and concurrency caps) is shared.
+struct ServingThreads {
+    /// Each thread's accept loop has stopped and its connections have closed.
+    drained: Vec<oneshot::Receiver<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ServingThreads {
+    /// One thread per upstream pool. Each runs until `released`, after its listener drained:
+    /// calls finished in the background (clients that hung up) run on its runtime.
+    fn start<S, B>(
+        listener: std::net::TcpListener,
+        upstreams: Vec<UpstreamClient>,
+        stack: impl Fn(UpstreamClient) -> S,
+        listening: Listening,
+        released: watch::Receiver<bool>,
+    ) -> Result<Self, BoxError>
+    where
+        S: ConnectionService<B>,
+        B: ResponseBody,
+    {
+        let mut serving = Self {
+            drained: Vec::new(),
+            threads: Vec::new(),
+        };
+        for (index, upstream) in upstreams.into_iter().enumerate() {
+            let listener = listener.try_clone()?;
+            let service = stack(upstream);
+            let listening = listening.clone();
+            let mut released = released.clone();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (drained, drained_rx) = oneshot::channel();
+            let thread = std::thread::Builder::new()
+                .name(format!("serve-{index}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        match TcpListener::from_std(listener) {
+                            Ok(listener) => accept_loop(listener, listening, service).await,
+                            Err(error) => tracing::error!(%error, "serving thread has no listener"),
+                        }
+                        let _ = drained.send(());
+                        stop_requested(&mut released).await;
+                    });
+                })?;
+            serving.drained.push(drained_rx);
+            serving.threads.push(thread);
+        }
+        Ok(serving)
     }
 }
 
@@ -316,11 +404,24 @@ async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, BoxError> {
         .map_err(|e| format!("{key}: cannot listen on {addr}: {e}").into())
 }
 
+/// What an accept loop needs besides its socket and service.
+#[derive(Clone)]
+struct Listening {
+    tls: Option<Arc<ArcSwap<TlsAcceptor>>>,
+    /// Stop accepting, and drain, when this turns true.
+    stopped: watch::Receiver<bool>,
+    /// How long draining may take.
+    grace: Duration,
+    limits: ConnectionLimits,
+}
+
 /// How a listener treats its connections.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct ConnectionLimits {
-    /// Open connections at most (`server.max_connections`).
+    /// Open connections at most (`server.max_connections`), over all of a listener's threads.
     max_connections: usize,
+    /// One slot per open connection.
+    slots: Arc<Semaphore>,
     /// `server.header_read_timeout`: the time a client has to send a request's headers, and
     /// the time a connection may go without a request in flight.
     header_read_timeout: Duration,
@@ -367,19 +468,19 @@ impl<B> ResponseBody for B where
 /// exists so that a flood of idle connections runs into it, not into the process's memory or
 /// file-descriptor limit; idle connections are closed after `header_read_timeout` (see
 /// [`serve_connection`]), so slots come back on their own.
-async fn accept_loop<S, B>(
-    listener: TcpListener,
-    tls: Option<Arc<ArcSwap<TlsAcceptor>>>,
-    service: S,
-    mut stopped: watch::Receiver<bool>,
-    grace: Duration,
-    limits: ConnectionLimits,
-) where
+async fn accept_loop<S, B>(listener: TcpListener, listening: Listening, service: S)
+where
     S: ConnectionService<B>,
     B: ResponseBody,
 {
+    let Listening {
+        tls,
+        mut stopped,
+        grace,
+        limits,
+    } = listening;
+    let slots = limits.slots;
     let mut connections = tokio::task::JoinSet::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     // Each connection watches the stop signal itself, to close gracefully.
     let stop_signal = stopped.clone();
     let mut at_cap = AtCap::default();

@@ -36,9 +36,9 @@ use crate::upstream::UpstreamClient;
 /// (clients, scopes, the upstream key); swapped whole on SIGHUP.
 pub type SharedConfig = Arc<ArcSwap<Config>>;
 
-/// Builds the stack for the client listener. Server settings (body limit, timeouts,
-/// concurrency) are read once here; they change only with a restart.
-/// What the stack's layers share with the rest of the gateway.
+/// What the stack's layers share with the rest of the gateway, and what every copy of the stack
+/// (one per serving thread) shares with the others: a clone shares all of it.
+#[derive(Clone)]
 pub struct StackParts {
     pub config: SharedConfig,
     pub limiter: Limiter,
@@ -46,11 +46,38 @@ pub struct StackParts {
     pub meter: Arc<Meter>,
     /// Off only to measure what metering costs (`serve --no-metering`, benchmarks).
     pub metering: bool,
-    pub upstream: UpstreamClient,
+    /// One `max_concurrent_requests` for the whole gateway...
+    concurrency: ConcurrencyLimitLayer,
+    /// ...and one set of route names (and so of metric series), whatever the threads.
+    routes: RouteLayer,
 }
 
+impl StackParts {
+    pub fn new(
+        config: SharedConfig,
+        limiter: Limiter,
+        budgets: Budgets,
+        meter: Arc<Meter>,
+        metering: bool,
+    ) -> Self {
+        let concurrency = ConcurrencyLimitLayer::new(config.load().server.max_concurrent_requests);
+        Self {
+            config,
+            limiter,
+            budgets,
+            meter,
+            metering,
+            concurrency,
+            routes: RouteLayer::new(MAX_ROUTE_TEMPLATES),
+        }
+    }
+}
+
+/// Builds the stack for the client listener, in front of `upstream`. Server settings (body
+/// limit, timeouts, concurrency) are read once here; they change only with a restart.
 pub fn client_stack(
     parts: StackParts,
+    upstream: UpstreamClient,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<
@@ -69,7 +96,8 @@ pub fn client_stack(
         budgets,
         meter,
         metering,
-        upstream,
+        concurrency,
+        routes,
     } = parts;
     let metrics = meter.metrics.clone();
     let server = &config.load().server;
@@ -104,11 +132,11 @@ pub fn client_stack(
         .layer(RescueLayer::new(metrics))
         // Over `max_concurrent_requests`: 503 at once rather than a queue; a request counts
         // until its response body has ended.
-        .layer(ConcurrencyLimitLayer::new(server.max_concurrent_requests))
+        .layer(concurrency)
         // Bounds everything below, the wait for the upstream's answer included.
         .layer(TimeoutLayer::new(server.request_timeout))
         // Cheap checks first: a malformed or unknown path never meets authentication.
-        .layer(RouteLayer::new(MAX_ROUTE_TEMPLATES))
+        .layer(routes)
         .layer(AuthenticateLayer::new(config.clone()))
         .layer(AuthorizeLayer::new(budgets))
         // Only authorized clients get to send bytes; then the body is bounded...

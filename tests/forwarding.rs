@@ -353,16 +353,32 @@ async fn every_response_gets_a_request_id_and_they_differ() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sequential_requests_reuse_one_upstream_connection() {
+async fn sequential_requests_on_one_connection_reuse_one_upstream_connection() {
     bounded(20, async {
         let mock = MockUpstream::start(|_| Reply::fixture()).await;
         let gw = TestGateway::start(&mock.base_url(), Options::default()).await;
-        let client = HttpClient::http1();
+        // One client connection, kept alive (a pooled client may open a second one, which the
+        // gateway may serve on another thread, with that thread's own upstream pool).
+        let stream = tokio::net::TcpStream::connect(gw.client_addr)
+            .await
+            .unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
         for i in 0..5 {
-            let resp = client
-                .get(&gw.url(&format!("/api/whoami?n={i}")), Some(ALPHA_KEY))
-                .await;
-            assert_eq!(resp.status, 200);
+            let request = http::Request::get(format!("/api/whoami?n={i}"))
+                .header(http::header::HOST, gw.client_addr.to_string())
+                .header(http::header::AUTHORIZATION, format!("Bearer {ALPHA_KEY}"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            sender.ready().await.unwrap();
+            let resp = sender.send_request(request).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap();
         }
         let conns: Vec<usize> = mock.received().iter().map(|r| r.conn).collect();
         assert_eq!(conns, vec![1; 5], "upstream connections used: {conns:?}");

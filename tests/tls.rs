@@ -22,7 +22,9 @@ async fn an_https_upstream_with_an_extra_ca_is_reached_over_http2() {
             },
         )
         .await;
-        let client = HttpClient::http1();
+        // HTTP/2 to the gateway too: one client connection, so both requests are served by one
+        // thread and its upstream pool (a pooled HTTP/1.1 client may open a second connection).
+        let client = HttpClient::h2c();
         let resp = client
             .call(
                 "PUT",
