@@ -14,6 +14,8 @@ use ofapi_gateway::layers::authenticate::bearer_token;
 use ofapi_gateway::layers::meter::scan::MetaScanner;
 use ofapi_gateway::layers::route::{check_path, classify};
 use ofapi_gateway::limiter::Limiter;
+use ofapi_gateway::log_format::JsonLines;
+use tracing_subscriber::fmt::format::JsonFields;
 
 const PATH: &str = "/api/fansly/fansly_acct_123/tracking-links/845759434926862336";
 const FIXTURE: &str = include_str!("../src/sandbox/fixtures/update-tracking-link.200.json");
@@ -106,40 +108,54 @@ fn limiter(c: &mut Criterion) {
     });
 }
 
-/// The access line of one forwarded call (the meter's event, 14 fields) through the same JSON
-/// subscriber the binary installs, into a sink.
+/// The access line of one forwarded call (the meter's event, 14 fields) through the JSON
+/// subscriber the binary installs (the hand-written `JsonLines`), and through
+/// tracing-subscriber's own JSON formatter it replaced, into a sink.
 fn access_log(c: &mut Criterion) {
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(std::io::sink)
+    let builder = || {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_writer(std::io::sink)
+    };
+    let json_lines = builder()
+        .with_ansi(false)
+        .fmt_fields(JsonFields::new())
+        .event_format(JsonLines)
+        .finish();
+    tracing::subscriber::with_default(json_lines, || access_line(c, "log/access line (JSON)"));
+    let builtin = builder()
         .json()
         .flatten_event(true)
         .with_current_span(true)
         .with_span_list(false)
         .finish();
+    tracing::subscriber::with_default(builtin, || {
+        access_line(c, "log/access line (tracing-subscriber JSON)")
+    });
+}
+
+fn access_line(c: &mut Criterion, name: &str) {
     let request_id = "a3f361c9204c56b22a915ba3409a669a".to_owned();
     let account = Some("fansly_acct_123".to_owned());
-    tracing::subscriber::with_default(subscriber, || {
-        c.bench_function("log/access line (JSON)", |b| {
-            b.iter(|| {
-                tracing::info!(
-                    request_id = %request_id,
-                    client = "crm-app",
-                    method = %Method::PUT,
-                    route = "PUT /api/fansly/{account}/tracking-links/{id}",
-                    account = account.as_deref(),
-                    status = 200u16,
-                    credits_used = Some(1u64),
-                    credit_balance = Some(10_055_796u64),
-                    cached = Some(false),
-                    upstream_ms = Some(3u64),
-                    total_ms = 4u64,
-                    outcome = "complete",
-                    bytes = 676u64,
-                    "request"
-                )
-            })
-        });
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            tracing::info!(
+                request_id = %request_id,
+                client = "crm-app",
+                method = %Method::PUT,
+                route = "PUT /api/fansly/{account}/tracking-links/{id}",
+                account = account.as_deref(),
+                status = 200u16,
+                credits_used = Some(1u64),
+                credit_balance = Some(10_055_796u64),
+                cached = Some(false),
+                upstream_ms = Some(3u64),
+                total_ms = 4u64,
+                outcome = "complete",
+                bytes = 676u64,
+                "request"
+            )
+        })
     });
 }
 

@@ -10,10 +10,12 @@ use std::process::ExitCode;
 use base64::Engine;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::fmt::format::JsonFields;
 
 use crate::body::BoxError;
 use crate::config::{self, Config, ConfigError, KeyHash};
 use crate::ledger::{self, Format, GroupBy};
+use crate::log_format::JsonLines;
 use crate::log_output::BufferedStdout;
 use crate::sandbox::{self, SandboxOptions};
 use crate::server::Gateway;
@@ -214,11 +216,12 @@ fn init_tracing(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(BufferedStdout::get());
     let _ = if json {
+        // The line of `.json().flatten_event(true).with_current_span(true).with_span_list(false)`,
+        // for a fraction of its cost.
         builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .with_ansi(false)
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLines)
             .try_init()
     } else {
         builder.try_init()

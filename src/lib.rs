@@ -15,6 +15,7 @@
 //! - [`layers`]: one concern per file (request id, rescue, route, authenticate, authorize, body
 //!   limit, validate, rate limit, upstream auth).
 //! - [`limiter`]: the shared upstream budget, per-client limits and the fair queue.
+//! - [`log_format`]: the JSON log line, written by hand.
 //! - [`log_output`]: log lines to stdout in batches, off the request path.
 //! - [`metrics`]: the Prometheus metric families behind the admin `/metrics`.
 //! - [`upstream`]: the pooled HTTPS client and the header hygiene of a proxy.
@@ -38,6 +39,7 @@ pub mod fuzzing;
 pub mod layers;
 pub mod ledger;
 pub mod limiter;
+pub mod log_format;
 pub mod log_output;
 pub mod metrics;
 pub mod sandbox;
