@@ -737,6 +737,31 @@ pub(crate) mod tests {
         assert_eq!(found.balance, Some(2));
     }
 
+    #[test]
+    fn strings_and_escapes_at_every_offset_of_a_word_are_crossed_at_every_split() {
+        for pad in 0..9 {
+            for len in [0, 7, 8, 9, 24, 31, 32, 33, 40, 64, 100] {
+                let (pad, fill) = ("p".repeat(pad), "x".repeat(len));
+                let body = format!(
+                    r#"{{"data":["{pad}",["{fill}\"{fill}\\","\\{{\u005d\"",{{"{fill}":"]"}}]],
+                    "_meta":{{"_cache":{{"n":"{pad}\"{fill}\\","is_cached":true}},"_credits":{{"used":{}}}}}}}"#,
+                    len + 1
+                );
+                let expected = MetaFound {
+                    credits_used: Some(len as u64 + 1),
+                    is_cached: Some(true),
+                    ..MetaFound::default()
+                };
+                assert_eq!(properties::reference(&body), expected, "{body}");
+                let body = body.as_bytes();
+                for at in 0..=body.len() {
+                    let (a, b) = body.split_at(at);
+                    assert_eq!(scan(&[a, b]), expected, "split at {at}");
+                }
+            }
+        }
+    }
+
     /// Bodies whose scan must not depend on where the chunks are cut.
     pub(crate) fn sample_bodies() -> Vec<Vec<u8>> {
         vec![
@@ -817,6 +842,8 @@ pub(crate) mod tests {
                 // parsing is not exact to the last bit).
                 (-4000i32..4000).prop_map(|n| Value::from(f64::from(n) / 8.0)),
                 "[ -~\u{e9}\u{1f600}]{0,12}".prop_map(Value::from),
+                // Long enough to be crossed in bulk, with an escape now and then.
+                "[a-z]{20,60}[\"\\\\/\n]?[a-z ]{0,40}".prop_map(Value::from),
             ];
             leaf.prop_recursive(3, 32, 4, |inner| {
                 prop_oneof![
@@ -900,6 +927,165 @@ pub(crate) mod tests {
                 )
         }
 
+        /// A generated JSON document, written out by [`Doc::write`] with members in the order
+        /// generated (serde_json would sort them) and whitespace and key escapes as chosen.
+        #[derive(Clone, Debug)]
+        pub(crate) enum Doc {
+            /// Any value, as JSON text.
+            Text(String),
+            Object(Vec<(String, Doc)>),
+        }
+
+        impl Doc {
+            /// `ws` goes around every token of the followed-looking objects; `escape` writes
+            /// each key's letters `e`, `t` and `_` as `\u` escapes.
+            pub(crate) fn write(&self, ws: &str, escape: bool, out: &mut String) {
+                match self {
+                    Doc::Text(text) => out.push_str(text),
+                    Doc::Object(members) => {
+                        out.push('{');
+                        for (n, (key, value)) in members.iter().enumerate() {
+                            if n > 0 {
+                                out.push(',');
+                            }
+                            out.push_str(ws);
+                            let mut quoted = serde_json::to_string(key).unwrap();
+                            if escape {
+                                quoted = quoted
+                                    .replace('e', "\\u0065")
+                                    .replace('t', "\\u0074")
+                                    .replace('_', "\\u005F");
+                            }
+                            out.push_str(&quoted);
+                            out.push_str(ws);
+                            out.push(':');
+                            out.push_str(ws);
+                            value.write(ws, escape, out);
+                            out.push_str(ws);
+                        }
+                        out.push('}');
+                    }
+                }
+            }
+        }
+
+        /// What may stand where a figure is expected: every type and range the scanner must
+        /// tell apart, in the forms JSON allows.
+        fn field_value() -> impl Strategy<Value = Doc> {
+            prop_oneof![
+                2 => any::<u64>().prop_map(|n| n.to_string()),
+                2 => any::<u32>().prop_map(|n| n.to_string()),
+                2 => (0u64..1000).prop_map(|n| n.to_string()),
+                2 => any::<bool>().prop_map(|b| b.to_string()),
+                1 => any::<i64>().prop_map(|n| n.to_string()),
+                // Not integers, or out of range: never taken. (Not `-0`, which serde_json reads
+                // as the integer 0.)
+                2 => prop::sample::select(vec![
+                    "1.0", "1e2", "1E+2", "0.5", "-1", "18446744073709551616",
+                    "99999999999999999999999", "true", "false", "null", "\"1\"", "[1]",
+                    "{\"used\":1}", "\"\\\"}\"",
+                ])
+                .prop_map(str::to_owned),
+                1 => json_noise().prop_map(|v| v.to_string()),
+            ]
+            .prop_map(Doc::Text)
+        }
+
+        /// An object holding some of `fields` (each a figure or not) among noise, in any order;
+        /// or, now and then, something that is not an object at all.
+        fn object_with(
+            fields: Vec<(&'static str, BoxedStrategy<Doc>)>,
+        ) -> impl Strategy<Value = Doc> {
+            let members: Vec<_> = fields
+                .into_iter()
+                .map(|(key, value)| {
+                    prop::option::weighted(0.85, value.prop_map(move |v| (key.to_owned(), v)))
+                })
+                .collect();
+            let noise = prop::collection::vec(
+                (
+                    "_meta|_credits|_cache|used|balance|is_cached|next_page|note|[a-z]{1,5}",
+                    json_noise().prop_map(|v| Doc::Text(v.to_string())),
+                ),
+                0..3,
+            );
+            let object = (members, noise)
+                .prop_flat_map(|(members, noise)| {
+                    let all: Vec<_> = members.into_iter().flatten().chain(noise).collect();
+                    Just(all).prop_shuffle()
+                })
+                .prop_map(|members| {
+                    // One value per key, as in an object from serde_json (JSON leaves repeated
+                    // keys to the reader).
+                    let mut seen = std::collections::HashSet::new();
+                    Doc::Object(
+                        members
+                            .into_iter()
+                            .filter(|(k, _)| seen.insert(k.clone()))
+                            .collect(),
+                    )
+                });
+            prop_oneof![19 => object, 1 => field_value()]
+        }
+
+        /// A response: `data` noise, `_meta` with its objects, `_pagination`, in any order.
+        pub(crate) fn document() -> impl Strategy<Value = Doc> {
+            let figure = || field_value().boxed();
+            let credits = object_with(vec![("used", figure()), ("balance", figure())]).boxed();
+            let cache = object_with(vec![("is_cached", figure())]).boxed();
+            let limits = object_with(vec![
+                ("limit_minute", figure()),
+                ("remaining_minute", figure()),
+                ("limit_day", figure()),
+            ])
+            .boxed();
+            let pagination = object_with(vec![("next_page", figure())]).boxed();
+            let meta = object_with(vec![
+                ("_credits", credits),
+                ("_cache", cache),
+                ("_rate_limits", limits),
+                ("_pagination", pagination.clone()),
+            ])
+            .boxed();
+            let data = json_noise().prop_map(|v| Doc::Text(v.to_string())).boxed();
+            object_with(vec![
+                ("data", data),
+                ("_meta", meta),
+                ("_pagination", pagination),
+            ])
+        }
+
+        /// The figures of a whole document, read by serde_json.
+        pub(crate) fn reference(text: &str) -> MetaFound {
+            let root: Value = serde_json::from_str(text).unwrap();
+            let field = |object: &str, name: &str| {
+                root.get("_meta")
+                    .and_then(|m| m.get(object))
+                    .and_then(|o| o.get(name))
+            };
+            let small = |object, name| {
+                field(object, name)
+                    .and_then(Value::as_u64)
+                    .and_then(|n| u32::try_from(n).ok())
+            };
+            MetaFound {
+                credits_used: field("_credits", "used").and_then(Value::as_u64),
+                balance: field("_credits", "balance").and_then(Value::as_u64),
+                is_cached: field("_cache", "is_cached").and_then(Value::as_bool),
+                limit_minute: small("_rate_limits", "limit_minute"),
+                remaining_minute: small("_rate_limits", "remaining_minute"),
+            }
+        }
+
+        /// `found` and `is_stopped` after feeding `pieces`.
+        fn scan_pieces(pieces: &[&[u8]]) -> (MetaFound, bool) {
+            let mut scanner = MetaScanner::new();
+            for piece in pieces {
+                scanner.feed(piece);
+            }
+            (scanner.found(), scanner.is_stopped())
+        }
+
         proptest! {
             #[test]
             fn a_response_yields_its_figures_however_it_is_cut(
@@ -935,6 +1121,45 @@ pub(crate) mod tests {
                 }
                 prop_assert_eq!(pieces.found(), whole.found());
                 prop_assert_eq!(pieces.is_stopped(), whole.is_stopped());
+            }
+
+            #[test]
+            fn any_document_cut_anywhere_yields_what_serde_json_reads_in_it(
+                doc in document(),
+                ws in prop::sample::select(vec!["", "", " ", "\n  ", " \t\r\n"]),
+                escape in prop::bool::weighted(0.2),
+                at in prop::collection::vec(any::<prop::sample::Index>(), 0..16),
+            ) {
+                let mut text = String::new();
+                doc.write(ws, escape, &mut text);
+                let expected = reference(&text);
+                let bytes: Vec<&[u8]> = text.as_bytes().chunks(1).collect();
+                prop_assert_eq!(scan_pieces(&cut(text.as_bytes(), &at)), (expected, false), "{}", text);
+                prop_assert_eq!(scan_pieces(&bytes), (expected, false), "{}", text);
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic_and_scan_the_same_however_they_are_cut(
+                body in prop::collection::vec(any::<u8>(), 0..400),
+                at in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+            ) {
+                prop_assert_eq!(scan_pieces(&cut(&body, &at)), scan_pieces(&[&body]));
+            }
+
+            #[test]
+            fn damaged_documents_never_panic_and_scan_the_same_however_they_are_cut(
+                doc in document(),
+                damage in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+                at in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+            ) {
+                let mut text = String::new();
+                doc.write("", false, &mut text);
+                let mut body = text.into_bytes();
+                for (index, byte) in damage {
+                    let len = body.len();
+                    body[index.index(len)] = byte;
+                }
+                prop_assert_eq!(scan_pieces(&cut(&body, &at)), scan_pieces(&[&body]));
             }
         }
     }
