@@ -1,9 +1,9 @@
 //! Finds the upstream's `_meta` figures in a JSON response while it streams past.
 //!
 //! The `_meta` object usually comes last, after a `data` that may be many megabytes, so the body
-//! cannot be buffered and parsed whole. [`Tokenizer`] is a small byte-at-a-time state machine that
-//! survives chunk splits anywhere (inside strings, escapes, numbers, keys) and keeps a constant
-//! amount of state whatever the input:
+//! cannot be buffered and parsed whole. [`Tokenizer`] is a small state machine that survives chunk
+//! splits anywhere (inside strings, escapes, numbers, keys) and keeps a constant amount of state
+//! whatever the input:
 //!
 //! - only the objects on a path of interest (the root, `_meta`, `_meta._credits`, `_meta._cache`,
 //!   `_meta._rate_limits`, `_pagination`, `_meta._pagination`) are followed key by key, so the
@@ -13,9 +13,17 @@
 //! - keys are kept up to [`KEY_CAP`] bytes (longer keys are simply not ours), numbers are
 //!   accumulated into a `u64` as they arrive, strings are never kept.
 //!
+//! It is cheap per byte because it works on runs, not bytes. A skipped container is read eight
+//! bytes at a time: one word test finds the quotes, backslashes and brackets among them, and only
+//! those are looked at. Strings are crossed the same way up to their closing quote or next
+//! backslash (long ones with `memchr2`), whitespace and numbers in one loop each. Only the few
+//! bytes between the tokens of a followed object go through the state dispatch.
+//!
 //! Input that is not JSON makes the tokenizer stop quietly; what was found before stays found.
 //! [`MetaScanner`] is the tokenizer used for the figures alone; the `next_page` rewriter
 //! (`super::rewrite`) drives the same tokenizer, so one pass can do both.
+
+use memchr::memchr2;
 
 /// The `_meta` figures found so far; a field stays `None` when absent, of the wrong type or out
 /// of range.
@@ -157,9 +165,8 @@ enum State {
     },
     /// After a key: `:`.
     Colon,
-    /// Inside a string value of a followed object.
+    /// Inside a string value of a followed object (`escaped` says if a backslash came last).
     Str,
-    StrEscape,
     Number,
     Literal {
         literal: Literal,
@@ -169,12 +176,20 @@ enum State {
     AfterValue,
     /// Inside a container nobody follows; `skip_depth` counts the open brackets.
     Skip,
+    /// Inside a string of a skipped container (`escaped` says if a backslash came last).
     SkipStr,
-    SkipEscape,
     /// After the top-level value: only whitespace may follow.
     End,
     /// Not JSON: everything from here on is ignored.
     Stopped,
+}
+
+/// Where [`Tokenizer::skip_words`] stopped.
+enum Skipped {
+    /// At this index: just past the container, or the end of the input.
+    To(usize),
+    /// In a long string, whose contents go on at least up to this index.
+    LongString(usize),
 }
 
 /// What [`Tokenizer::advance`] stopped at.
@@ -189,8 +204,9 @@ pub(crate) enum Step {
 
 /// The incremental JSON tokenizer shared by the scanner and the rewriter.
 ///
-/// Invariant: `depth` ≤ [`FRAME_CAP`], and `frames[..depth]` are the followed objects from the
-/// root down. Only objects are ever followed; arrays are always skipped.
+/// Invariants: `depth` ≤ [`FRAME_CAP`], and `frames[..depth]` are the followed objects from the
+/// root down (only objects are ever followed; arrays are always skipped); `skip_depth` ≥ 1 in
+/// `Skip` and `SkipStr`; `escaped` is false outside `Str` and `SkipStr`.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Tokenizer {
     state: State,
@@ -201,6 +217,8 @@ pub(crate) struct Tokenizer {
     key_len: u8,
     /// False once the key being read is too long or has a non-ASCII escape: not ours.
     key_ours: bool,
+    /// In a string: the input so far ended just after a backslash, so the next byte is escaped.
+    escaped: bool,
     /// Meaning of the value being read or about to be read.
     slot: Slot,
     /// The integer being read for a slot that wants one; `None` once it overflows, is negative
@@ -215,12 +233,84 @@ fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
+/// The bytes a number is made of, as far as telling where it ends goes (its form is not checked).
+fn is_number_byte(b: u8) -> bool {
+    matches!(b, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+}
+
 fn hex(b: u8) -> Option<u16> {
     match b {
         b'0'..=b'9' => Some(u16::from(b - b'0')),
         b'a'..=b'f' => Some(u16::from(b - b'a' + 10)),
         b'A'..=b'F' => Some(u16::from(b - b'A' + 10)),
         _ => None,
+    }
+}
+
+/// The low seven bits of each byte of a word.
+const LO7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+
+/// 0x80 in each byte of the result whose byte in `t` is zero, 0 in the others. Exact, with no
+/// carry from byte to byte: `(t & LO7) + LO7` stays under 0x100 in each byte.
+fn zero_bytes(t: u64) -> u64 {
+    !(((t & LO7) + LO7) | t | LO7)
+}
+
+/// Eight input bytes read as one little-endian word, then tested all at once ("SWAR"): 0x80 in
+/// each byte of the result whose byte in `word` is `"` or `\`, 0 in the others.
+fn quotes_or_backslashes(word: u64) -> u64 {
+    zero_bytes(word ^ 0x2222_2222_2222_2222) | zero_bytes(word ^ 0x5c5c_5c5c_5c5c_5c5c)
+}
+
+/// [`quotes_or_backslashes`] and brackets as well: `| 0x20` turns `[` into `{` and `]` into `}`
+/// (and no other byte into either).
+fn skip_stops(word: u64) -> u64 {
+    let folded = word | 0x2020_2020_2020_2020;
+    quotes_or_backslashes(word)
+        | zero_bytes(folded ^ 0x7b7b_7b7b_7b7b_7b7b)
+        | zero_bytes(folded ^ 0x7d7d_7d7d_7d7d_7d7d)
+}
+
+/// Index of the first `"` or `\` in `bytes`. Most strings are short, and a call to `memchr2`
+/// costs more than searching them eight bytes at a time: the first 32 bytes are looked at here.
+fn find_quote_or_backslash(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    while let Some(word) = bytes.get(at..).and_then(<[u8]>::first_chunk::<8>) {
+        let hits = quotes_or_backslashes(u64::from_le_bytes(*word));
+        if hits != 0 {
+            return Some(at + (hits.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+        if at == 32 {
+            break;
+        }
+    }
+    memchr2(b'"', b'\\', bytes.get(at..)?).map(|k| at + k)
+}
+
+/// Crosses the contents of a string from `input[at..]`: returns the index just past its closing
+/// quote, or `None` when the input ends first. `escaped` carries a backslash that ended the
+/// previous input over to this one, and is set again if this one ends the same way.
+fn string_end(input: &[u8], mut at: usize, escaped: &mut bool) -> Option<usize> {
+    if *escaped {
+        // The escaped byte, whatever it is (`\u`'s four hex digits need no special care: none
+        // of them is a quote or a backslash).
+        input.get(at)?;
+        at += 1;
+        *escaped = false;
+    }
+    loop {
+        let rest = input.get(at..)?;
+        let k = find_quote_or_backslash(rest)?;
+        at += k + 1;
+        if rest.get(k) == Some(&b'"') {
+            return Some(at);
+        }
+        if input.get(at).is_none() {
+            *escaped = true;
+            return None;
+        }
+        at += 1;
     }
 }
 
@@ -238,165 +328,30 @@ impl Tokenizer {
 
     /// Consumes `input` up to its end or just past the opening quote of a `next_page` string
     /// value, whichever comes first.
+    ///
+    /// Each arm consumes at least one byte or changes state to one that will, and returns the
+    /// index of the first byte it did not consume.
     pub(crate) fn advance(&mut self, input: &[u8]) -> Step {
         let mut i = 0;
         while let Some(&b) = input.get(i) {
             match self.state {
                 State::Stopped => return Step::Done,
-                State::Skip => {
-                    let rest = input.get(i..).unwrap_or_default();
-                    let Some(k) = rest
-                        .iter()
-                        .position(|&c| matches!(c, b'"' | b'{' | b'}' | b'[' | b']'))
-                    else {
-                        return Step::Done;
-                    };
-                    i += k;
-                    match input.get(i) {
-                        Some(b'"') => self.state = State::SkipStr,
-                        Some(b'{' | b'[') => self.skip_depth += 1,
-                        _ => {
-                            self.skip_depth -= 1;
-                            if self.skip_depth == 0 {
-                                self.value_done();
-                            }
-                        }
-                    }
-                    i += 1;
-                }
-                State::SkipStr | State::Str => {
-                    let rest = input.get(i..).unwrap_or_default();
-                    let Some(k) = rest.iter().position(|&c| c == b'"' || c == b'\\') else {
-                        return Step::Done;
-                    };
-                    i += k;
-                    let skipping = self.state == State::SkipStr;
-                    match (input.get(i), skipping) {
-                        (Some(b'"'), true) => self.state = State::Skip,
-                        (Some(b'"'), false) => self.value_done(),
-                        (_, true) => self.state = State::SkipEscape,
-                        (_, false) => self.state = State::StrEscape,
-                    }
-                    i += 1;
-                }
-                State::SkipEscape => {
-                    self.state = State::SkipStr;
-                    i += 1;
-                }
-                State::StrEscape => {
-                    self.state = State::Str;
-                    i += 1;
-                }
-                State::Value => {
-                    i += 1;
-                    match b {
-                        _ if is_ws(b) => {}
-                        b'{' => match self.slot {
-                            Slot::Nothing if self.depth == 0 => self.open(Ctx::Root),
-                            Slot::Open(ctx) => self.open(ctx),
-                            _ => self.skip(),
-                        },
-                        b'[' => self.skip(),
-                        b'"' => {
-                            self.state = State::Str;
-                            if self.slot == Slot::NextPage {
-                                return Step::NextPageAt(i);
-                            }
-                        }
-                        b'0'..=b'9' => {
-                            self.state = State::Number;
-                            self.number = self.slot.wants_integer().then_some(u64::from(b - b'0'));
-                        }
-                        b'-' => {
-                            self.state = State::Number;
-                            self.number = None;
-                        }
-                        b't' => self.literal(Literal::True),
-                        b'f' => self.literal(Literal::False),
-                        b'n' => self.literal(Literal::Null),
-                        _ => self.state = State::Stopped,
-                    }
-                }
-                State::Number => match b {
-                    b'0'..=b'9' => {
-                        self.number = self
-                            .number
-                            .and_then(|n| n.checked_mul(10))
-                            .and_then(|n| n.checked_add(u64::from(b - b'0')));
-                        i += 1;
-                    }
-                    b'.' | b'e' | b'E' | b'+' | b'-' => {
-                        self.number = None;
-                        i += 1;
-                    }
-                    _ => {
-                        // The delimiter is read again by the state after the value.
-                        if let Some(n) = self.number.take() {
-                            self.store_integer(n);
-                        }
-                        self.value_done();
-                    }
-                },
-                State::Literal { literal, matched } => {
-                    let word = literal.word();
-                    if word.get(usize::from(matched)) != Some(&b) {
-                        self.state = State::Stopped;
-                        continue;
-                    }
-                    i += 1;
-                    let matched = matched + 1;
-                    if usize::from(matched) < word.len() {
-                        self.state = State::Literal { literal, matched };
-                        continue;
-                    }
-                    if self.slot == Slot::IsCached {
-                        match literal {
-                            Literal::True => self.found.is_cached = Some(true),
-                            Literal::False => self.found.is_cached = Some(false),
-                            Literal::Null => {}
-                        }
-                    }
-                    self.value_done();
-                }
-                State::FirstKey | State::NextKey => {
-                    i += 1;
-                    match b {
-                        _ if is_ws(b) => {}
-                        b'"' => {
-                            self.state = State::Key;
-                            self.key_len = 0;
-                            self.key_ours = true;
-                        }
-                        b'}' if self.state == State::FirstKey => self.close(),
-                        _ => self.state = State::Stopped,
-                    }
-                }
-                State::Key => {
-                    i += 1;
-                    match b {
-                        b'"' => {
-                            let parent = self.top();
-                            let key = self.key.get(..usize::from(self.key_len));
-                            self.slot = match (self.key_ours, parent, key) {
-                                (true, Some(parent), Some(key)) => Slot::of(parent, key),
-                                _ => Slot::Nothing,
-                            };
-                            self.state = State::Colon;
-                        }
-                        b'\\' => self.state = State::KeyEscape,
-                        _ => self.push_key_byte(b),
-                    }
-                }
+                // Runs: each handler consumes as much as its token allows.
+                State::Skip | State::SkipStr => i = self.skip(input, i),
+                State::Str => i = self.string(input, i),
+                State::Key => i = self.key(input, i),
+                State::Number => i = self.number(input, i),
+                State::Literal { literal, matched } => i = self.literal(input, i, literal, matched),
                 State::KeyEscape => {
                     i += 1;
                     self.state = State::Key;
                     match b {
-                        b'"' | b'\\' | b'/' => self.push_key_byte(b),
-                        b'b' => self.push_key_byte(0x08),
-                        b'f' => self.push_key_byte(0x0c),
-                        b'n' => self.push_key_byte(b'\n'),
-                        b'r' => self.push_key_byte(b'\r'),
-                        b't' => self.push_key_byte(b'\t'),
+                        b'"' | b'\\' | b'/' => self.push_key(&[b]),
+                        b'b' => self.push_key(&[0x08]),
+                        b'f' => self.push_key(&[0x0c]),
+                        b'n' => self.push_key(b"\n"),
+                        b'r' => self.push_key(b"\r"),
+                        b't' => self.push_key(b"\t"),
                         b'u' => self.state = State::KeyUnicode { left: 4, code: 0 },
                         _ => self.state = State::Stopped,
                     }
@@ -417,36 +372,270 @@ impl Tokenizer {
                     }
                     self.state = State::Key;
                     match u8::try_from(code) {
-                        Ok(ascii) if ascii.is_ascii() => self.push_key_byte(ascii),
+                        Ok(ascii) if ascii.is_ascii() => self.push_key(&[ascii]),
                         _ => self.key_ours = false,
+                    }
+                }
+                // Between tokens: whitespace is crossed in one go, then one byte decides.
+                _ if is_ws(b) => {
+                    let rest = input.get(i..).unwrap_or_default();
+                    i += rest.iter().position(|&c| !is_ws(c)).unwrap_or(rest.len());
+                }
+                // The handler of a value's run is called at once rather than on the next turn.
+                State::Value => {
+                    i += 1;
+                    match b {
+                        b'{' => match self.slot {
+                            Slot::Nothing if self.depth == 0 => self.open(Ctx::Root),
+                            Slot::Open(ctx) => self.open(ctx),
+                            _ => i = self.start_skip(input, i),
+                        },
+                        b'[' => i = self.start_skip(input, i),
+                        b'"' => {
+                            self.state = State::Str;
+                            if self.slot == Slot::NextPage {
+                                return Step::NextPageAt(i);
+                            }
+                            i = self.string(input, i);
+                        }
+                        b'0'..=b'9' => {
+                            self.state = State::Number;
+                            self.number = self.slot.wants_integer().then_some(u64::from(b - b'0'));
+                            i = self.number(input, i);
+                        }
+                        b'-' => {
+                            self.state = State::Number;
+                            self.number = None;
+                            i = self.number(input, i);
+                        }
+                        b't' => i = self.literal(input, i, Literal::True, 1),
+                        b'f' => i = self.literal(input, i, Literal::False, 1),
+                        b'n' => i = self.literal(input, i, Literal::Null, 1),
+                        _ => self.state = State::Stopped,
+                    }
+                }
+                State::FirstKey | State::NextKey => {
+                    i += 1;
+                    match b {
+                        b'"' => i = self.start_key(input, i),
+                        b'}' if self.state == State::FirstKey => self.close(),
+                        _ => self.state = State::Stopped,
                     }
                 }
                 State::Colon => {
                     i += 1;
-                    match b {
-                        _ if is_ws(b) => {}
-                        b':' => self.state = State::Value,
-                        _ => self.state = State::Stopped,
-                    }
+                    self.state = if b == b':' {
+                        State::Value
+                    } else {
+                        State::Stopped
+                    };
                 }
                 State::AfterValue => {
                     i += 1;
                     match b {
-                        _ if is_ws(b) => {}
+                        // `,"`: the next key starts at once.
+                        b',' if input.get(i) == Some(&b'"') => i = self.start_key(input, i + 1),
                         b',' => self.state = State::NextKey,
                         b'}' => self.close(),
                         _ => self.state = State::Stopped,
                     }
                 }
-                State::End => {
-                    i += 1;
-                    if !is_ws(b) {
-                        self.state = State::Stopped;
+                State::End => self.state = State::Stopped,
+            }
+        }
+        Step::Done
+    }
+
+    /// In `Skip` or `SkipStr`: crosses the skipped container up to its closing bracket or the
+    /// end of the input; returns the index after it.
+    fn skip(&mut self, input: &[u8], mut i: usize) -> usize {
+        loop {
+            match self.skip_words(input, i) {
+                Skipped::To(end) => return end,
+                // Inside a long string, which `memchr2` crosses faster: its next quote or
+                // backslash is the next stop.
+                Skipped::LongString(at) => {
+                    match input.get(at..).and_then(|rest| memchr2(b'"', b'\\', rest)) {
+                        Some(k) => i = at + k,
+                        None => return input.len(),
                     }
                 }
             }
         }
-        Step::Done
+    }
+
+    /// [`Self::skip`]'s work, eight bytes at a time: one word test finds every quote, backslash
+    /// and bracket among them, and only those are looked at. Stops early when a string goes on
+    /// for 32 bytes without a stop.
+    fn skip_words(&mut self, input: &[u8], mut i: usize) -> Skipped {
+        let mut in_string = self.state == State::SkipStr;
+        let mut depth = self.skip_depth;
+        // 0x80 when the next word's first byte is escaped (a backslash in a string came last).
+        let mut escaped = if self.escaped { 0x80 } else { 0 };
+        // Words in a row inside one string without a stop.
+        let mut quiet = 0;
+        while let Some(rest) = input.get(i..).filter(|rest| !rest.is_empty()) {
+            let (word, len) = match rest.first_chunk::<8>() {
+                Some(bytes) => (u64::from_le_bytes(*bytes), 8),
+                None => {
+                    // Padded with zeros, which are not stops.
+                    let mut bytes = [0; 8];
+                    bytes.iter_mut().zip(rest).for_each(|(b, &r)| *b = r);
+                    (u64::from_le_bytes(bytes), rest.len())
+                }
+            };
+            let mut stops = skip_stops(word) & !escaped;
+            escaped = 0;
+            if stops == 0 && in_string {
+                quiet += 1;
+                if quiet == 4 {
+                    self.skip_depth = depth;
+                    self.escaped = false;
+                    self.state = State::SkipStr;
+                    return Skipped::LongString(i + len);
+                }
+            } else {
+                quiet = 0;
+            }
+            while stops != 0 {
+                let k = (stops.trailing_zeros() / 8) as usize;
+                stops &= stops - 1;
+                match (in_string, (word >> (8 * k)) as u8) {
+                    (true, b'"') => in_string = false,
+                    // The escaped byte is not a stop, whatever it is.
+                    (true, b'\\') if k + 1 < len => stops &= !(0x80 << (8 * (k + 1))),
+                    (true, b'\\') => escaped = 0x80,
+                    (false, b'"') => in_string = true,
+                    (false, b'{' | b'[') => depth += 1,
+                    (false, b'}' | b']') => {
+                        depth -= 1;
+                        if depth == 0 {
+                            self.skip_depth = 0;
+                            self.escaped = false;
+                            self.value_done();
+                            return Skipped::To(i + k + 1);
+                        }
+                    }
+                    // A bracket in a string; a backslash outside one (not JSON, ignored).
+                    _ => {}
+                }
+            }
+            i += len;
+        }
+        self.skip_depth = depth;
+        self.escaped = escaped != 0;
+        self.state = if in_string {
+            State::SkipStr
+        } else {
+            State::Skip
+        };
+        Skipped::To(input.len())
+    }
+
+    /// In `Str`: crosses a string value of a followed object up to its closing quote or the end
+    /// of the input. (A `next_page` value is compared by the rewriter, not here.)
+    fn string(&mut self, input: &[u8], i: usize) -> usize {
+        match string_end(input, i, &mut self.escaped) {
+            Some(end) => {
+                self.value_done();
+                end
+            }
+            None => input.len(),
+        }
+    }
+
+    /// In `Key`: reads a key of a followed object up to its closing quote, a backslash or the
+    /// end of the input.
+    fn key(&mut self, input: &[u8], i: usize) -> usize {
+        let rest = input.get(i..).unwrap_or_default();
+        let Some(k) = find_quote_or_backslash(rest) else {
+            self.push_key(rest);
+            return input.len();
+        };
+        let (run, end) = rest.split_at(k);
+        if end.first() == Some(&b'\\') {
+            self.push_key(run);
+            self.state = State::KeyEscape;
+            return i + k + 1;
+        }
+        // The usual case, a whole key without escapes in this input, is looked at in place.
+        let key = if self.key_len == 0 {
+            run
+        } else {
+            self.push_key(run);
+            self.key
+                .get(..usize::from(self.key_len))
+                .unwrap_or_default()
+        };
+        self.slot = match (self.key_ours, self.top()) {
+            (true, Some(parent)) => Slot::of(parent, key),
+            _ => Slot::Nothing,
+        };
+        // `":`: the value comes next at once.
+        let after = i + k + 1;
+        if input.get(after) == Some(&b':') {
+            self.state = State::Value;
+            return after + 1;
+        }
+        self.state = State::Colon;
+        after
+    }
+
+    /// In `Number`: crosses the number's bytes, accumulating them if the slot wants an integer.
+    fn number(&mut self, input: &[u8], i: usize) -> usize {
+        let rest = input.get(i..).unwrap_or_default();
+        let len = rest
+            .iter()
+            .position(|&c| !is_number_byte(c))
+            .unwrap_or(rest.len());
+        let (run, after) = rest.split_at(len);
+        if let Some(n) = self.number {
+            // Digits only: a sign, fraction or exponent makes it not an integer we take.
+            self.number = run.iter().try_fold(n, |n, &c| {
+                let digit = c.checked_sub(b'0').filter(|d| *d <= 9)?;
+                n.checked_mul(10)?.checked_add(u64::from(digit))
+            });
+        }
+        if after.is_empty() {
+            // The number may go on in the next input.
+            return input.len();
+        }
+        // The delimiter is read again by the state after the value.
+        if let Some(n) = self.number.take() {
+            self.store_integer(n);
+        }
+        self.value_done();
+        i + len
+    }
+
+    /// In `Literal`: matches the rest of `true`, `false` or `null`.
+    fn literal(&mut self, input: &[u8], mut i: usize, literal: Literal, mut matched: u8) -> usize {
+        let word = literal.word();
+        while let Some(&want) = word.get(usize::from(matched)) {
+            match input.get(i) {
+                None => {
+                    self.state = State::Literal { literal, matched };
+                    return i;
+                }
+                Some(&b) if b == want => {
+                    i += 1;
+                    matched += 1;
+                }
+                Some(_) => {
+                    self.state = State::Stopped;
+                    return i;
+                }
+            }
+        }
+        if self.slot == Slot::IsCached {
+            match literal {
+                Literal::True => self.found.is_cached = Some(true),
+                Literal::False => self.found.is_cached = Some(false),
+                Literal::Null => {}
+            }
+        }
+        self.value_done();
+        i
     }
 
     fn top(&self) -> Option<Ctx> {
@@ -466,7 +655,10 @@ impl Tokenizer {
             }
             // Cannot happen (each followed object's children are at most one level deeper and
             // FRAME_CAP covers the deepest), but a full stack only means "not ours".
-            None => self.skip(),
+            None => {
+                self.skip_depth = 1;
+                self.state = State::Skip;
+            }
         }
     }
 
@@ -475,16 +667,19 @@ impl Tokenizer {
         self.value_done();
     }
 
-    fn skip(&mut self) {
+    /// Skips the container whose opening bracket was just read; returns as [`Self::skip`].
+    fn start_skip(&mut self, input: &[u8], i: usize) -> usize {
         self.skip_depth = 1;
         self.state = State::Skip;
+        self.skip(input, i)
     }
 
-    fn literal(&mut self, literal: Literal) {
-        self.state = State::Literal {
-            literal,
-            matched: 1,
-        };
+    /// Reads the key whose opening quote was just read; returns as [`Self::key`].
+    fn start_key(&mut self, input: &[u8], i: usize) -> usize {
+        self.state = State::Key;
+        self.key_len = 0;
+        self.key_ours = true;
+        self.key(input, i)
     }
 
     /// A value ended; what comes next depends on whether it was the top-level one.
@@ -497,11 +692,14 @@ impl Tokenizer {
         };
     }
 
-    fn push_key_byte(&mut self, b: u8) {
-        match self.key.get_mut(usize::from(self.key_len)) {
-            Some(slot) => {
-                *slot = b;
-                self.key_len += 1;
+    /// Appends decoded key bytes; a key that outgrows [`KEY_CAP`] is not ours.
+    fn push_key(&mut self, bytes: &[u8]) {
+        let len = usize::from(self.key_len);
+        match self.key.get_mut(len..len + bytes.len()) {
+            Some(room) => {
+                room.copy_from_slice(bytes);
+                // At most KEY_CAP (24): fits.
+                self.key_len = u8::try_from(len + bytes.len()).unwrap_or(u8::MAX);
             }
             None => self.key_ours = false,
         }
@@ -737,6 +935,31 @@ pub(crate) mod tests {
         assert_eq!(found.balance, Some(2));
     }
 
+    #[test]
+    fn strings_and_escapes_at_every_offset_of_a_word_are_crossed_at_every_split() {
+        for pad in 0..9 {
+            for len in [0, 7, 8, 9, 24, 31, 32, 33, 40, 64, 100] {
+                let (pad, fill) = ("p".repeat(pad), "x".repeat(len));
+                let body = format!(
+                    r#"{{"data":["{pad}",["{fill}\"{fill}\\","\\{{\u005d\"",{{"{fill}":"]"}}]],
+                    "_meta":{{"_cache":{{"n":"{pad}\"{fill}\\","is_cached":true}},"_credits":{{"used":{}}}}}}}"#,
+                    len + 1
+                );
+                let expected = MetaFound {
+                    credits_used: Some(len as u64 + 1),
+                    is_cached: Some(true),
+                    ..MetaFound::default()
+                };
+                assert_eq!(properties::reference(&body), expected, "{body}");
+                let body = body.as_bytes();
+                for at in 0..=body.len() {
+                    let (a, b) = body.split_at(at);
+                    assert_eq!(scan(&[a, b]), expected, "split at {at}");
+                }
+            }
+        }
+    }
+
     /// Bodies whose scan must not depend on where the chunks are cut.
     pub(crate) fn sample_bodies() -> Vec<Vec<u8>> {
         vec![
@@ -817,6 +1040,8 @@ pub(crate) mod tests {
                 // parsing is not exact to the last bit).
                 (-4000i32..4000).prop_map(|n| Value::from(f64::from(n) / 8.0)),
                 "[ -~\u{e9}\u{1f600}]{0,12}".prop_map(Value::from),
+                // Long enough to be crossed in bulk, with an escape now and then.
+                "[a-z]{20,60}[\"\\\\/\n]?[a-z ]{0,40}".prop_map(Value::from),
             ];
             leaf.prop_recursive(3, 32, 4, |inner| {
                 prop_oneof![
@@ -900,6 +1125,165 @@ pub(crate) mod tests {
                 )
         }
 
+        /// A generated JSON document, written out by [`Doc::write`] with members in the order
+        /// generated (serde_json would sort them) and whitespace and key escapes as chosen.
+        #[derive(Clone, Debug)]
+        pub(crate) enum Doc {
+            /// Any value, as JSON text.
+            Text(String),
+            Object(Vec<(String, Doc)>),
+        }
+
+        impl Doc {
+            /// `ws` goes around every token of the followed-looking objects; `escape` writes
+            /// each key's letters `e`, `t` and `_` as `\u` escapes.
+            pub(crate) fn write(&self, ws: &str, escape: bool, out: &mut String) {
+                match self {
+                    Doc::Text(text) => out.push_str(text),
+                    Doc::Object(members) => {
+                        out.push('{');
+                        for (n, (key, value)) in members.iter().enumerate() {
+                            if n > 0 {
+                                out.push(',');
+                            }
+                            out.push_str(ws);
+                            let mut quoted = serde_json::to_string(key).unwrap();
+                            if escape {
+                                quoted = quoted
+                                    .replace('e', "\\u0065")
+                                    .replace('t', "\\u0074")
+                                    .replace('_', "\\u005F");
+                            }
+                            out.push_str(&quoted);
+                            out.push_str(ws);
+                            out.push(':');
+                            out.push_str(ws);
+                            value.write(ws, escape, out);
+                            out.push_str(ws);
+                        }
+                        out.push('}');
+                    }
+                }
+            }
+        }
+
+        /// What may stand where a figure is expected: every type and range the scanner must
+        /// tell apart, in the forms JSON allows.
+        fn field_value() -> impl Strategy<Value = Doc> {
+            prop_oneof![
+                2 => any::<u64>().prop_map(|n| n.to_string()),
+                2 => any::<u32>().prop_map(|n| n.to_string()),
+                2 => (0u64..1000).prop_map(|n| n.to_string()),
+                2 => any::<bool>().prop_map(|b| b.to_string()),
+                1 => any::<i64>().prop_map(|n| n.to_string()),
+                // Not integers, or out of range: never taken. (Not `-0`, which serde_json reads
+                // as the integer 0.)
+                2 => prop::sample::select(vec![
+                    "1.0", "1e2", "1E+2", "0.5", "-1", "18446744073709551616",
+                    "99999999999999999999999", "true", "false", "null", "\"1\"", "[1]",
+                    "{\"used\":1}", "\"\\\"}\"",
+                ])
+                .prop_map(str::to_owned),
+                1 => json_noise().prop_map(|v| v.to_string()),
+            ]
+            .prop_map(Doc::Text)
+        }
+
+        /// An object holding some of `fields` (each a figure or not) among noise, in any order;
+        /// or, now and then, something that is not an object at all.
+        fn object_with(
+            fields: Vec<(&'static str, BoxedStrategy<Doc>)>,
+        ) -> impl Strategy<Value = Doc> {
+            let members: Vec<_> = fields
+                .into_iter()
+                .map(|(key, value)| {
+                    prop::option::weighted(0.85, value.prop_map(move |v| (key.to_owned(), v)))
+                })
+                .collect();
+            let noise = prop::collection::vec(
+                (
+                    "_meta|_credits|_cache|used|balance|is_cached|next_page|note|[a-z]{1,5}",
+                    json_noise().prop_map(|v| Doc::Text(v.to_string())),
+                ),
+                0..3,
+            );
+            let object = (members, noise)
+                .prop_flat_map(|(members, noise)| {
+                    let all: Vec<_> = members.into_iter().flatten().chain(noise).collect();
+                    Just(all).prop_shuffle()
+                })
+                .prop_map(|members| {
+                    // One value per key, as in an object from serde_json (JSON leaves repeated
+                    // keys to the reader).
+                    let mut seen = std::collections::HashSet::new();
+                    Doc::Object(
+                        members
+                            .into_iter()
+                            .filter(|(k, _)| seen.insert(k.clone()))
+                            .collect(),
+                    )
+                });
+            prop_oneof![19 => object, 1 => field_value()]
+        }
+
+        /// A response: `data` noise, `_meta` with its objects, `_pagination`, in any order.
+        pub(crate) fn document() -> impl Strategy<Value = Doc> {
+            let figure = || field_value().boxed();
+            let credits = object_with(vec![("used", figure()), ("balance", figure())]).boxed();
+            let cache = object_with(vec![("is_cached", figure())]).boxed();
+            let limits = object_with(vec![
+                ("limit_minute", figure()),
+                ("remaining_minute", figure()),
+                ("limit_day", figure()),
+            ])
+            .boxed();
+            let pagination = object_with(vec![("next_page", figure())]).boxed();
+            let meta = object_with(vec![
+                ("_credits", credits),
+                ("_cache", cache),
+                ("_rate_limits", limits),
+                ("_pagination", pagination.clone()),
+            ])
+            .boxed();
+            let data = json_noise().prop_map(|v| Doc::Text(v.to_string())).boxed();
+            object_with(vec![
+                ("data", data),
+                ("_meta", meta),
+                ("_pagination", pagination),
+            ])
+        }
+
+        /// The figures of a whole document, read by serde_json.
+        pub(crate) fn reference(text: &str) -> MetaFound {
+            let root: Value = serde_json::from_str(text).unwrap();
+            let field = |object: &str, name: &str| {
+                root.get("_meta")
+                    .and_then(|m| m.get(object))
+                    .and_then(|o| o.get(name))
+            };
+            let small = |object, name| {
+                field(object, name)
+                    .and_then(Value::as_u64)
+                    .and_then(|n| u32::try_from(n).ok())
+            };
+            MetaFound {
+                credits_used: field("_credits", "used").and_then(Value::as_u64),
+                balance: field("_credits", "balance").and_then(Value::as_u64),
+                is_cached: field("_cache", "is_cached").and_then(Value::as_bool),
+                limit_minute: small("_rate_limits", "limit_minute"),
+                remaining_minute: small("_rate_limits", "remaining_minute"),
+            }
+        }
+
+        /// `found` and `is_stopped` after feeding `pieces`.
+        fn scan_pieces(pieces: &[&[u8]]) -> (MetaFound, bool) {
+            let mut scanner = MetaScanner::new();
+            for piece in pieces {
+                scanner.feed(piece);
+            }
+            (scanner.found(), scanner.is_stopped())
+        }
+
         proptest! {
             #[test]
             fn a_response_yields_its_figures_however_it_is_cut(
@@ -935,6 +1319,45 @@ pub(crate) mod tests {
                 }
                 prop_assert_eq!(pieces.found(), whole.found());
                 prop_assert_eq!(pieces.is_stopped(), whole.is_stopped());
+            }
+
+            #[test]
+            fn any_document_cut_anywhere_yields_what_serde_json_reads_in_it(
+                doc in document(),
+                ws in prop::sample::select(vec!["", "", " ", "\n  ", " \t\r\n"]),
+                escape in prop::bool::weighted(0.2),
+                at in prop::collection::vec(any::<prop::sample::Index>(), 0..16),
+            ) {
+                let mut text = String::new();
+                doc.write(ws, escape, &mut text);
+                let expected = reference(&text);
+                let bytes: Vec<&[u8]> = text.as_bytes().chunks(1).collect();
+                prop_assert_eq!(scan_pieces(&cut(text.as_bytes(), &at)), (expected, false), "{}", text);
+                prop_assert_eq!(scan_pieces(&bytes), (expected, false), "{}", text);
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic_and_scan_the_same_however_they_are_cut(
+                body in prop::collection::vec(any::<u8>(), 0..400),
+                at in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+            ) {
+                prop_assert_eq!(scan_pieces(&cut(&body, &at)), scan_pieces(&[&body]));
+            }
+
+            #[test]
+            fn damaged_documents_never_panic_and_scan_the_same_however_they_are_cut(
+                doc in document(),
+                damage in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+                at in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+            ) {
+                let mut text = String::new();
+                doc.write("", false, &mut text);
+                let mut body = text.into_bytes();
+                for (index, byte) in damage {
+                    let len = body.len();
+                    body[index.index(len)] = byte;
+                }
+                prop_assert_eq!(scan_pieces(&cut(&body, &at)), scan_pieces(&[&body]));
             }
         }
     }
