@@ -15,7 +15,7 @@ socket errors, the proxy's peak RSS (VmHWM) and its CPU time per request (/proc/
 the ratios and the gateway's time from spawn to its first /healthz 200.
 
 Environment: DURATION (10s), CONNECTIONS ("8 64"), QUICK=1 (2s, "16"), WARMUP (2s), THREADS
-(wrk threads, 2), WORKERS (tokio worker threads of the gateway, 2 = nginx-2w), READY_RUNS (5),
+(wrk threads, 2), WORKERS (serving threads of the gateway, 2 = nginx-2w), READY_RUNS (5),
 ROUNDS (1; more: the median of each figure), RESULTS (target/bench-results.md),
 GATEWAY (target/release/ofapi-gateway), KEEP_TMP=1 (keep the scratch folder and its logs).
 Python standard library only.
@@ -553,7 +553,7 @@ def main():
         atexit.register(shutil.rmtree, tmp, True)
     atexit.register(stop_all)  # registered last, runs first: processes stop before the rmtree
     log(f"proxy benchmark: DURATION={DURATION} CONNECTIONS={' '.join(map(str, CONNECTIONS))} "
-        f"WARMUP={WARMUP} wrk -t{THREADS}, gateway tokio workers {WORKERS}; scratch {tmp}")
+        f"WARMUP={WARMUP} wrk -t{THREADS}, gateway serving threads {WORKERS}; scratch {tmp}")
 
     upstream_port, upstream = start_nginx(
         tmp, "upstream", "upstream.conf.in",
@@ -576,7 +576,7 @@ def main():
         "",
         f"- machine: {machine()}",
         f"- {nginx_version()}; wrk -t{THREADS} -d{DURATION} --latency (after a "
-        f"{WARMUP} warm-up per target); gateway tokio worker threads: {WORKERS}; "
+        f"{WARMUP} warm-up per target); gateway serving threads: {WORKERS}; "
         f"{ROUNDS} round{'s' if ROUNDS > 1 else ''}" + (" (medians)" if ROUNDS > 1 else ""),
         f"- `PUT {PATH}` with a {len(BODY)}-byte JSON body; "
         f"answer {len(compact.encode())} bytes of JSON",
