@@ -161,27 +161,42 @@ pub struct UpstreamHeaders {
 
 impl UpstreamHeaders {
     pub fn read(headers: &HeaderMap) -> Self {
-        let text = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-        };
-        Self {
-            credits_used: text("x-ofapi-credits-used").and_then(|v| v.parse().ok()),
-            balance: text("x-ofapi-credits-balance").and_then(|v| v.parse().ok()),
-            cached: text("x-ofapi-is-cached").and_then(|v| {
-                if v.eq_ignore_ascii_case("true") {
-                    Some(true)
-                } else if v.eq_ignore_ascii_case("false") {
-                    Some(false)
-                } else {
-                    None
+        // One pass over the names rather than five lookups, each parsing and hashing a name.
+        // As with `HeaderMap::get`, only a name's first value counts.
+        let mut read = Self::default();
+        let mut seen = [false; 5];
+        for (name, value) in headers {
+            let field = match name.as_str() {
+                "x-ofapi-credits-used" => 0,
+                "x-ofapi-credits-balance" => 1,
+                "x-ofapi-is-cached" => 2,
+                "x-rate-limit-limit-minute" => 3,
+                "x-rate-limit-remaining-minute" => 4,
+                _ => continue,
+            };
+            if std::mem::replace(&mut seen[field], true) {
+                continue;
+            }
+            let Some(text) = value.to_str().ok().map(str::trim) else {
+                continue;
+            };
+            match field {
+                0 => read.credits_used = text.parse().ok(),
+                1 => read.balance = text.parse().ok(),
+                2 => {
+                    read.cached = if text.eq_ignore_ascii_case("true") {
+                        Some(true)
+                    } else if text.eq_ignore_ascii_case("false") {
+                        Some(false)
+                    } else {
+                        None
+                    }
                 }
-            }),
-            limit_minute: text("x-rate-limit-limit-minute").and_then(|v| v.parse().ok()),
-            remaining_minute: text("x-rate-limit-remaining-minute").and_then(|v| v.parse().ok()),
+                3 => read.limit_minute = text.parse().ok(),
+                _ => read.remaining_minute = text.parse().ok(),
+            }
         }
+        read
     }
 }
 
@@ -401,6 +416,34 @@ mod tests {
         assert_eq!(names.len(), 2, "{names:?}");
         assert!(headers.contains_key("idempotency-key"));
         assert!(headers.contains_key(header::IF_NONE_MATCH));
+    }
+
+    #[test]
+    fn upstream_headers_are_read_from_their_first_value() {
+        let mut headers = HeaderMap::new();
+        headers.append("x-ofapi-credits-used", " 3 ".parse().unwrap());
+        headers.append("x-ofapi-credits-used", "9".parse().unwrap());
+        headers.append("x-ofapi-credits-balance", "many".parse().unwrap());
+        headers.append("x-ofapi-credits-balance", "100".parse().unwrap());
+        headers.append("x-ofapi-is-cached", "TRUE".parse().unwrap());
+        headers.append("x-rate-limit-limit-minute", "5000".parse().unwrap());
+        headers.append("x-rate-limit-remaining-minute", "4999".parse().unwrap());
+        headers.append("x-other", "1".parse().unwrap());
+        let read = UpstreamHeaders::read(&headers);
+        assert_eq!(
+            read,
+            UpstreamHeaders {
+                credits_used: Some(3),
+                balance: None,
+                cached: Some(true),
+                limit_minute: Some(5000),
+                remaining_minute: Some(4999),
+            }
+        );
+        assert_eq!(
+            UpstreamHeaders::read(&HeaderMap::new()),
+            UpstreamHeaders::default()
+        );
     }
 
     #[test]

@@ -79,7 +79,17 @@ pub(crate) const MIGRATIONS: &[&str] = &[
 pub(crate) const INSERT_ROW: &str =
     "INSERT INTO requests (ts_ms, request_id, client, method, route, account, status,
                            credits_used, balance, cached, duration_ms, outcome)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// Rows per multi-row insert (12 parameters each: far below SQLite's limit of 32 766).
+pub(crate) const ROWS_PER_INSERT: usize = 32;
+
+/// [`INSERT_ROW`] for [`ROWS_PER_INSERT`] rows at once.
+pub(crate) static INSERT_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let (head, one) = INSERT_ROW.split_once("VALUES").unwrap_or((INSERT_ROW, ""));
+    let many = vec![one.trim(); ROWS_PER_INSERT].join(", ");
+    format!("{head}VALUES {many}")
+});
 
 /// The schema version this build writes and understands.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -126,6 +126,36 @@ async fn rows_survive_close_and_reopen_exactly() {
     assert_eq!(reopened.dropped(), 0);
 }
 
+#[tokio::test]
+async fn a_batch_of_whole_insert_groups_and_a_remainder_lands_exactly_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = ledger_path(&dir);
+    let ledger = Ledger::open(&long_retention(&path)).unwrap();
+    // Two multi-row statements' worth and a remainder, every row different.
+    let rows: Vec<LedgerRow> = (0..2 * schema::ROWS_PER_INSERT + 11)
+        .map(|n| {
+            let mut r = row(NOV_1 + n as i64, n);
+            r.status = 200 + n as u16;
+            r.duration_ms = n as u64;
+            if n % 3 == 0 {
+                r.account = None;
+                r.credits_used = None;
+                r.cached = None;
+            }
+            if n % 5 == 0 {
+                r.balance = None;
+                r.outcome = Outcome::Cut;
+            }
+            r
+        })
+        .collect();
+    for r in &rows {
+        ledger.record(r.clone());
+    }
+    ledger.close().await.unwrap();
+    assert_eq!(read_rows(&path), rows);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_thousand_rows_recorded_from_many_tasks_all_land() {
     let dir = tempfile::tempdir().unwrap();
