@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
 use crate::body::{Body, BoxError};
@@ -165,12 +165,18 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(from_now.min(Duration::from_secs(3600)))
 }
 
+// Built at compile time: a name given as `&str` is parsed and checked on every insert.
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
 /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (whole seconds, rounded up).
 pub fn set_status_headers(headers: &mut HeaderMap, status: RateLimitStatus) {
     let reset = status.reset.as_millis().div_ceil(1000) as u64;
-    headers.insert("ratelimit-limit", HeaderValue::from(status.limit));
-    headers.insert("ratelimit-remaining", HeaderValue::from(status.remaining));
-    headers.insert("ratelimit-reset", HeaderValue::from(reset));
+    headers.reserve(3);
+    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(status.limit));
+    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(status.remaining));
+    headers.insert(RATELIMIT_RESET, HeaderValue::from(reset));
 }
 
 #[cfg(test)]
