@@ -304,13 +304,12 @@ fn insert(conn: &mut Connection, rows: &[LedgerRow]) -> rusqlite::Result<()> {
         if groups.len() > 0 {
             let mut many = tx.prepare_cached(&schema::INSERT_ROWS)?;
             for group in groups.by_ref() {
-                let values = group.iter().map(values).collect::<Vec<_>>();
-                many.execute(params_from_iter(values.iter().flatten()))?;
+                many.execute(params_from_iter(group.iter().flat_map(values)))?;
             }
         }
         let mut one = tx.prepare_cached(schema::INSERT_ROW)?;
         for row in groups.remainder() {
-            one.execute(params_from_iter(values(row).iter()))?;
+            one.execute(params_from_iter(values(row)))?;
         }
     }
     tx.commit()
