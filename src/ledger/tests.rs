@@ -78,6 +78,18 @@ fn count(path: &Path) -> i64 {
         .unwrap()
 }
 
+/// The file's tables and indexes, by name.
+fn schema_objects(path: &Path) -> Vec<String> {
+    Connection::open(path)
+        .unwrap()
+        .prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'index') ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 /// Polls `check` until it holds or `limit` passes; returns whether it held.
 async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
@@ -508,14 +520,7 @@ async fn a_version_2_file_is_rebuilt_keeping_its_rows_ids_and_index() {
             (3, NOV_1 + 9, "error".to_owned(), 7)
         ]
     );
-    let objects: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'index') ORDER BY name")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(objects, ["daily", "requests", "requests_ts"]);
+    assert_eq!(schema_objects(&path), ["daily", "requests", "requests_ts"]);
 }
 
 #[tokio::test]
@@ -591,15 +596,7 @@ async fn migrations_build_the_schema_on_an_empty_file_and_reopen_is_idempotent()
         assert_eq!(journal(&path), "wal");
     }
     assert_eq!(count(&path), 3);
-    let tables: Vec<String> = Connection::open(&path)
-        .unwrap()
-        .prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'index') ORDER BY name")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(tables, ["daily", "requests", "requests_ts"]);
+    assert_eq!(schema_objects(&path), ["daily", "requests", "requests_ts"]);
 }
 
 #[tokio::test]
