@@ -329,8 +329,8 @@ fn serving_threads() -> usize {
 /// The client listener, served thread-per-core: each thread runs a current-thread runtime with
 /// its own copy of the stack and its own upstream pool, and serves the connections [`hand_out`]
 /// gives it. A request lives on one thread from its connection's hand-over to its last byte, as
-/// in an nginx worker: no task moves, no wake-up crosses threads. What must be one for the whole gateway (limits,
-/// budgets, the ledger, metrics, the connection and concurrency caps) is shared.
+/// in an nginx worker: no task moves, no wake-up crosses threads. What must be one for the whole
+/// gateway (limits, budgets, the ledger, metrics, the connection and concurrency caps) is shared.
 struct ServingThreads {
     /// Each thread's accept loop has stopped and its connections have closed.
     drained: Vec<oneshot::Receiver<()>>,
