@@ -121,16 +121,8 @@ impl Gateway {
             .map(|_| UpstreamClient::new(&config.upstream, &base_url))
             .collect::<Result<Vec<_>, _>>()?;
         let grace = config.server.shutdown_grace;
-        let client_limits = ConnectionLimits {
-            max_connections: config.server.max_connections,
-            slots: Arc::new(Semaphore::new(config.server.max_connections)),
-            header_read_timeout: config.server.header_read_timeout,
-        };
-        let admin_limits = ConnectionLimits {
-            max_connections: ADMIN_MAX_CONNECTIONS,
-            slots: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
-            header_read_timeout: config.server.header_read_timeout,
-        };
+        let header_read_timeout = config.server.header_read_timeout;
+        let max_connections = config.server.max_connections;
         let tls = config.server.tls.as_ref().map(|tls| {
             Arc::new(ArcSwap::from_pointee(TlsAcceptor::from(Arc::clone(
                 &tls.server_config,
@@ -189,22 +181,23 @@ impl Gateway {
                 tls: tls.clone(),
                 stopped: client_stopped.clone(),
                 grace,
-                limits: client_limits,
+                header_read_timeout,
             },
             rest_stopped.clone(),
         )?;
         other_tasks.push(tokio::spawn(hand_out(
             client_listener,
+            Admission::new(max_connections),
             handout,
             client_stopped,
         )));
         other_tasks.push(tokio::spawn(accept_loop(
-            Connections::Listener(admin_listener),
+            Connections::Listener(admin_listener, Admission::new(ADMIN_MAX_CONNECTIONS)),
             Listening {
                 tls: None,
                 stopped: rest_stopped,
                 grace,
-                limits: admin_limits,
+                header_read_timeout,
             },
             admin_service,
         )));
@@ -392,11 +385,17 @@ struct HandOut {
     open: Arc<AtomicUsize>,
 }
 
-/// A connection on its way to a serving thread. It counts as open on that thread until it is
-/// dropped (when the thread's connection task ends, or the thread refuses it).
+/// A connection on its way to a serving thread, with its slot already taken.
 struct Handed {
     stream: std::net::TcpStream,
-    open: OpenConnection,
+    held: Held,
+}
+
+/// What an open connection holds until its task ends: its `max_connections` slot, and, for one
+/// handed to a serving thread, its place in that thread's count.
+struct Held {
+    _slot: OwnedSemaphorePermit,
+    _open: Option<OpenConnection>,
 }
 
 /// One open connection of a serving thread, counted until dropped.
@@ -412,8 +411,12 @@ impl Drop for OpenConnection {
 /// fewest open. Threads accepting from a shared socket themselves would split connections
 /// unevenly: whichever is idle when a burst arrives takes it all, and then one core is saturated
 /// while the other waits (measured: 64 `wrk` connections served at 29k instead of 37k req/s).
+///
+/// The `max_connections` slot is taken here, in the order connections were accepted, so that
+/// the one over the cap is the one closed, whichever thread would have served it.
 async fn hand_out(
     listener: TcpListener,
+    mut admission: Admission,
     threads: Vec<HandOut>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -430,6 +433,9 @@ async fn hand_out(
             },
             _ = stop_requested(&mut stopped) => return,
         };
+        let Some(slot) = admission.admit() else {
+            continue;
+        };
         let Some(thread) = threads
             .iter()
             .min_by_key(|thread| thread.open.load(Ordering::Relaxed))
@@ -443,7 +449,10 @@ async fn hand_out(
         thread.open.fetch_add(1, Ordering::Relaxed);
         let handed = Handed {
             stream,
-            open: OpenConnection(Arc::clone(&thread.open)),
+            held: Held {
+                _slot: slot,
+                _open: Some(OpenConnection(Arc::clone(&thread.open))),
+            },
         };
         let _ = thread.to_thread.send(handed);
     }
@@ -452,18 +461,30 @@ async fn hand_out(
 /// Where an accept loop gets its connections: its own listener (admin), or the client
 /// listener's [`hand_out`].
 enum Connections {
-    Listener(TcpListener),
+    Listener(TcpListener, Admission),
     Handed(mpsc::UnboundedReceiver<Handed>),
 }
 
 impl Connections {
-    /// The next connection, with what keeps it counted as open; `None` once none can come.
-    async fn next(&mut self) -> Option<std::io::Result<(TcpStream, Option<OpenConnection>)>> {
+    /// The next connection within the cap, with what it holds; `None` once none can come.
+    async fn next(&mut self) -> Option<std::io::Result<(TcpStream, Held)>> {
         match self {
-            Self::Listener(listener) => Some(listener.accept().await.map(|(s, _peer)| (s, None))),
+            Self::Listener(listener, admission) => loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _peer)) => stream,
+                    Err(error) => return Some(Err(error)),
+                };
+                if let Some(slot) = admission.admit() {
+                    let held = Held {
+                        _slot: slot,
+                        _open: None,
+                    };
+                    return Some(Ok((stream, held)));
+                }
+            },
             Self::Handed(handed) => {
-                let Handed { stream, open } = handed.recv().await?;
-                Some(TcpStream::from_std(stream).map(|s| (s, Some(open))))
+                let Handed { stream, held } = handed.recv().await?;
+                Some(TcpStream::from_std(stream).map(|s| (s, held)))
             }
         }
     }
@@ -502,16 +523,6 @@ struct Listening {
     stopped: watch::Receiver<bool>,
     /// How long draining may take.
     grace: Duration,
-    limits: ConnectionLimits,
-}
-
-/// How a listener treats its connections.
-#[derive(Clone, Debug)]
-struct ConnectionLimits {
-    /// Open connections at most (`server.max_connections`), over all of a listener's threads.
-    max_connections: usize,
-    /// One slot per open connection.
-    slots: Arc<Semaphore>,
     /// `server.header_read_timeout`: the time a client has to send a request's headers, and
     /// the time a connection may go without a request in flight.
     header_read_timeout: Duration,
@@ -551,13 +562,7 @@ impl<B> ResponseBody for B where
 
 /// Accepts connections until told to stop, then drains them for at most `grace`.
 ///
-/// At most `limits.max_connections` connections are open at once. One over the cap is accepted
-/// and closed at once rather than left in the kernel's backlog: its client sees the connection
-/// close straight away and can retry (or its load balancer can pick another instance), instead
-/// of waiting on a connection nobody will read, while the gateway spends nothing on it. The cap
-/// exists so that a flood of idle connections runs into it, not into the process's memory or
-/// file-descriptor limit; idle connections are closed after `header_read_timeout` (see
-/// [`serve_connection`]), so slots come back on their own.
+/// Each connection holds its slot (see [`Admission`]) until its task ends.
 async fn accept_loop<S, B>(mut incoming: Connections, listening: Listening, service: S)
 where
     S: ConnectionService<B>,
@@ -567,24 +572,22 @@ where
         tls,
         mut stopped,
         grace,
-        limits,
+        header_read_timeout,
     } = listening;
-    let slots = limits.slots;
     let mut connections = tokio::task::JoinSet::new();
     // Each connection watches the stop signal itself, to close gracefully.
     let stop_signal = stopped.clone();
-    let mut at_cap = AtCap::default();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     hostile_input_limits(&mut builder);
     loop {
         tokio::select! {
             accepted = incoming.next() => {
-                let (stream, open) = match accepted {
+                let (stream, held) = match accepted {
                     Some(Ok(accepted)) => accepted,
                     None => break,
                     Some(Err(error)) => {
@@ -596,11 +599,6 @@ where
                 };
                 // Reap finished connection tasks so the set does not grow.
                 while connections.try_join_next().is_some() {}
-                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                    at_cap.refused(limits.max_connections);
-                    drop(stream);
-                    continue;
-                };
                 let _ = stream.set_nodelay(true);
                 connections.spawn(serve_connection(
                     stream,
@@ -608,8 +606,8 @@ where
                     builder.clone(),
                     service.clone(),
                     stop_signal.clone(),
-                    limits.header_read_timeout,
-                    (slot, open),
+                    header_read_timeout,
+                    held,
                 ));
             }
             _ = stop_requested(&mut stopped) => break,
@@ -667,15 +665,44 @@ fn hostile_input_limits(builder: &mut auto::Builder<TokioExecutor>) {
         .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS);
 }
 
-/// Connections closed at the cap since the last warning, so a flood is one log line a minute.
-#[derive(Default)]
-struct AtCap {
-    last_warning: Option<tokio::time::Instant>,
+/// A listener's cap on open connections (`server.max_connections` for the client listener).
+///
+/// One over the cap is accepted and closed at once rather than left in the kernel's backlog: its
+/// client sees the connection close straight away and can retry (or its load balancer can pick
+/// another instance), instead of waiting on a connection nobody will read, while the gateway
+/// spends nothing on it. The cap exists so that a flood of idle connections runs into it, not
+/// into the process's memory or file-descriptor limit; idle connections are closed after
+/// `header_read_timeout` (see [`serve_connection`]), so slots come back on their own.
+struct Admission {
+    max_connections: usize,
+    /// One slot per open connection.
+    slots: Arc<Semaphore>,
+    /// Connections closed at the cap since the last warning, so a flood is one log line a minute.
     refused: u64,
+    last_warning: Option<tokio::time::Instant>,
 }
 
-impl AtCap {
-    fn refused(&mut self, max_connections: usize) {
+impl Admission {
+    fn new(max_connections: usize) -> Self {
+        Self {
+            max_connections,
+            slots: Arc::new(Semaphore::new(max_connections)),
+            refused: 0,
+            last_warning: None,
+        }
+    }
+
+    /// A slot for a connection just accepted, or `None` at the cap (the caller closes it).
+    fn admit(&mut self) -> Option<OwnedSemaphorePermit> {
+        let slot = Arc::clone(&self.slots).try_acquire_owned().ok();
+        if slot.is_none() {
+            self.refused();
+        }
+        slot
+    }
+
+    fn refused(&mut self) {
+        let max_connections = self.max_connections;
         self.refused += 1;
         if self
             .last_warning
@@ -693,7 +720,7 @@ impl AtCap {
 }
 
 /// Serves one connection until it ends, the gateway stops, or it has gone `idle_timeout`
-/// without a request in flight. `slot` is held until then.
+/// without a request in flight. What it holds (its slot) is released then.
 ///
 /// hyper's HTTP/1.1 `header_read_timeout` bounds the wait for each request's headers, the idle
 /// time between keep-alive requests included, but only once the connection is known to be
@@ -712,7 +739,7 @@ async fn serve_connection<S, B>(
     service: S,
     mut stopped: watch::Receiver<bool>,
     idle_timeout: Duration,
-    _held: (OwnedSemaphorePermit, Option<OpenConnection>),
+    _held: Held,
 ) where
     S: ConnectionService<B>,
     B: ResponseBody,
@@ -977,7 +1004,7 @@ mod tests {
 
     use tokio::time::Instant;
 
-    use super::{hand_out, own_url, Activity, HandOut, Handed};
+    use super::{hand_out, own_url, Activity, Admission, HandOut, Handed};
 
     #[tokio::test]
     async fn each_new_connection_goes_to_the_thread_with_the_fewest_open() {
@@ -1000,7 +1027,7 @@ mod tests {
             receivers.push(handed);
         }
         let counts: Vec<_> = threads.iter().map(|t| Arc::clone(&t.open)).collect();
-        let acceptor = tokio::spawn(hand_out(listener, threads, stopped));
+        let acceptor = tokio::spawn(hand_out(listener, Admission::new(100), threads, stopped));
         let open = |n| {
             counts
                 .iter()
