@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -48,6 +48,9 @@ struct Target {
     authority: Authority,
     /// Path prefix of the base URL, without a trailing slash; usually empty.
     prefix: String,
+    /// The `Host` every request carries: the authority without a default port, made once here
+    /// rather than formatted per request by the pooled client.
+    host: HeaderValue,
 }
 
 impl UpstreamClient {
@@ -81,14 +84,18 @@ impl UpstreamClient {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .http1_max_buf_size(MAX_RESPONSE_HEAD)
+            .set_host(false)
             .build(https);
         let base = base_url;
+        let scheme = base.scheme().cloned().unwrap_or(Scheme::HTTPS);
+        let authority = base
+            .authority()
+            .cloned()
+            .ok_or("upstream.base_url has no host")?;
         let target = Target {
-            scheme: base.scheme().cloned().unwrap_or(Scheme::HTTPS),
-            authority: base
-                .authority()
-                .cloned()
-                .ok_or("upstream.base_url has no host")?,
+            host: host_header(&scheme, &authority)?,
+            scheme,
+            authority,
             prefix: base.path().trim_end_matches('/').to_owned(),
         };
         Ok(Self {
@@ -116,6 +123,21 @@ impl UpstreamClient {
     }
 }
 
+/// `Host` for `authority`: as hyper-util's client writes it, the port left out when it is the
+/// scheme's default.
+fn host_header(scheme: &Scheme, authority: &Authority) -> Result<HeaderValue, BoxError> {
+    let default_port = match scheme.as_str() {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    };
+    let host = match authority.port_u16() {
+        Some(port) if Some(port) != default_port => authority.as_str(),
+        _ => authority.host(),
+    };
+    Ok(HeaderValue::from_str(host)?)
+}
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl Service<Request<Body>> for UpstreamClient {
@@ -130,9 +152,11 @@ impl Service<Request<Body>> for UpstreamClient {
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let uri = self.upstream_uri(req.uri());
         let client = self.client.clone();
+        let host = self.target.host.clone();
         let timeout = self.timeout;
         Box::pin(async move {
             *req.uri_mut() = uri?;
+            req.headers_mut().insert(header::HOST, host);
             // The pooled client picks HTTP/2 or HTTP/1.1 per connection; start from 1.1.
             *req.version_mut() = Version::HTTP_11;
             let response = match tokio::time::timeout(timeout, client.request(req)).await {
@@ -365,6 +389,20 @@ mod tests {
                 .unwrap(),
             "http://proxy.internal:8443/ofapi/api/whoami?fresh=true"
         );
+    }
+
+    #[test]
+    fn host_leaves_out_only_the_schemes_default_port() {
+        for (base, host) in [
+            ("https://app.onlyfansapi.com", "app.onlyfansapi.com"),
+            ("https://app.onlyfansapi.com:443", "app.onlyfansapi.com"),
+            ("https://app.onlyfansapi.com:8443", "app.onlyfansapi.com:8443"),
+            ("http://127.0.0.1:80/x", "127.0.0.1"),
+            ("http://127.0.0.1:443", "127.0.0.1:443"),
+            ("http://[::1]:8080", "[::1]:8080"),
+        ] {
+            assert_eq!(client(base).target.host, host, "{base}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

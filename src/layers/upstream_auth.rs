@@ -56,8 +56,7 @@ where
         remove_hop_by_hop(headers);
         headers.remove(header::AUTHORIZATION);
         headers.remove(header::PROXY_AUTHORIZATION);
-        // The client's Host names the gateway; the upstream client sets the upstream's.
-        headers.remove(header::HOST);
+        // The client's Host names the gateway: the upstream client replaces it with the upstream's.
         if let Some(value) = self.config.load().upstream.api_key.bearer_header() {
             headers.insert(header::AUTHORIZATION, value);
         }
