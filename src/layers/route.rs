@@ -63,17 +63,18 @@ impl RouteNames {
 
     /// The shared name of `template`: itself the first `max` times a new one is seen, then
     /// `{METHOD} /api/{other}` for any template not seen before.
-    pub fn name(&self, method: &Method, template: Arc<str>) -> Arc<str> {
+    pub fn name(&self, method: &Method, template: &str) -> Arc<str> {
         let read = self.known.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(known) = read.get(&*template) {
+        if let Some(known) = read.get(template) {
             return Arc::clone(known);
         }
         drop(read);
         let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(existing) = known.get(&*template) {
+        if let Some(existing) = known.get(template) {
             return Arc::clone(existing);
         }
         if known.len() < self.max {
+            let template: Arc<str> = Arc::from(template);
             known.insert(Arc::clone(&template));
             if known.len() == self.max {
                 tracing::warn!(
@@ -157,8 +158,12 @@ where
         if !is_forwarded_method(req.method()) {
             return reject(GatewayError::MethodNotAllowed);
         }
-        let mut info = classify(req.method(), path);
-        info.template = self.names.name(req.method(), info.template);
+        let (template, account, kind) = read_route(req.method(), path);
+        let info = RouteInfo {
+            template: self.names.name(req.method(), &template),
+            account,
+            kind,
+        };
         if let Some(note) = req.extensions().get::<Arc<RequestNote>>() {
             note.set_route(&info.template);
         }
@@ -346,44 +351,55 @@ fn percent_decode(segment: &str) -> Vec<u8> {
 /// it must be here too (its account scope checked, its body validated, one template for every
 /// spelling).
 pub fn classify(method: &Method, path: &str) -> RouteInfo {
-    let decoded: Vec<Cow<'_, str>> = path
-        .trim_start_matches('/')
-        .split('/')
-        .map(decode_segment)
-        .collect();
-    let segments: Vec<&str> = decoded.iter().map(|s| &**s).collect();
-    let account_at = match segments.as_slice() {
-        ["api", "fansly", _, ..] => Some(2),
-        ["api", second, ..] if second.starts_with("acct_") => Some(1),
-        _ => None,
-    };
+    let (template, account, kind) = read_route(method, path);
+    RouteInfo {
+        template: template.into(),
+        account,
+        kind,
+    }
+}
+
+/// [`classify`] in one pass over the segments, with the template still a `String` (the route
+/// layer looks it up among the shared names rather than making a new one per request).
+fn read_route(method: &Method, path: &str) -> (String, Option<String>, RouteKind) {
     let mut template = String::with_capacity(method.as_str().len() + path.len() + 8);
     template.push_str(method.as_str());
     template.push(' ');
-    for (i, segment) in segments.iter().enumerate() {
+    let mut account = None;
+    // What the segments before the current one said: `/api/...`, `/api/fansly/...`, and for
+    // the tracking-link update, `/api/fansly/{account}/tracking-links/{id}`.
+    let (mut api, mut fansly, mut tracking_links) = (false, false, false);
+    let mut count = 0;
+    for (i, raw) in path.trim_start_matches('/').split('/').enumerate() {
+        let segment = decode_segment(raw);
+        let is_account = match i {
+            1 => api && segment.starts_with("acct_"),
+            2 => fansly,
+            _ => false,
+        };
+        match i {
+            0 => api = segment == "api",
+            1 => fansly = api && segment == "fansly",
+            3 => tracking_links = fansly && segment == "tracking-links",
+            _ => {}
+        }
         template.push('/');
-        if Some(i) == account_at {
+        if is_account {
             template.push_str("{account}");
+            account = Some(segment.into_owned());
         } else if segment.bytes().any(|b| b.is_ascii_digit()) {
             template.push_str("{id}");
         } else {
-            template.push_str(segment);
+            template.push_str(&segment);
         }
+        count = i + 1;
     }
-    let kind = if *method == Method::PUT
-        && matches!(
-            segments.as_slice(),
-            ["api", "fansly", _, "tracking-links", _]
-        ) {
+    let kind = if *method == Method::PUT && tracking_links && count == 5 {
         RouteKind::UpdateTrackingLink
     } else {
         RouteKind::Other
     };
-    RouteInfo {
-        template: template.into(),
-        account: account_at.map(|i| segments[i].to_owned()),
-        kind,
-    }
+    (template, account, kind)
 }
 
 #[cfg(test)]
@@ -479,7 +495,7 @@ mod tests {
     #[test]
     fn route_names_are_shared_and_capped() {
         let names = RouteNames::new(2);
-        let name = |method: &Method, t: &str| names.name(method, Arc::from(t));
+        let name = |method: &Method, t: &str| names.name(method, t);
         let first = name(&Method::GET, "GET /api/whoami");
         // The same template again is the stored one, not a new allocation.
         assert!(Arc::ptr_eq(&first, &name(&Method::GET, "GET /api/whoami")));
