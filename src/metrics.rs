@@ -5,8 +5,8 @@
 //!
 //! Labels are only client names (config names, never keys), route templates, status codes and
 //! a few fixed words: nothing a caller sends verbatim, nothing secret, and a bounded number of
-//! series. The hot-path methods build their label set (a couple of small `String`s) and touch
-//! atomics; a family's write lock is taken only the first time a label set is seen, and no lock
+//! series. The hot-path methods build their label set from shared names (`Arc<str>` clones, no
+//! copy) and touch atomics; a family's write lock is taken only the first time a label set is seen, and no lock
 //! is ever held by a caller across an await (none of these methods is async).
 //!
 //! prometheus-client appends `_total` to counters (and the unit to a metric registered with
@@ -14,7 +14,7 @@
 //! SPEC §7's.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -33,6 +33,9 @@ const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
 ];
 
+/// The client or route label of a request that never got that far (`-`).
+pub static UNKNOWN: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("-"));
+
 /// A gauge with values the upstream reports: `u64`, never negative.
 type U64Gauge = Gauge<u64, AtomicU64>;
 
@@ -42,15 +45,15 @@ type NoLabels = [(&'static str, &'static str); 0];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    client: String,
-    route: String,
+    client: Arc<str>,
+    route: Arc<str>,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClientRouteLabels {
-    client: String,
-    route: String,
+    client: Arc<str>,
+    route: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -67,7 +70,7 @@ struct ClientLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -90,6 +93,11 @@ struct Inner {
     credits_unknown: Family<ClientRouteLabels, Counter>,
     balance: Family<NoLabels, U64Gauge>,
     upstream_rate_limit: Family<KindLabels, U64Gauge>,
+    /// The series of the three families above that never change labels, looked up once: a
+    /// clone shares the family's value.
+    balance_series: OnceLock<U64Gauge>,
+    limit_series: OnceLock<U64Gauge>,
+    remaining_series: OnceLock<U64Gauge>,
     rate_limited: Family<RateLimitedLabels, Counter>,
     unattributed_credits: Counter,
     budget_spent: Family<ClientLabels, U64Gauge>,
@@ -200,6 +208,9 @@ impl Metrics {
                 credits_unknown,
                 balance,
                 upstream_rate_limit,
+                balance_series: OnceLock::new(),
+                limit_series: OnceLock::new(),
+                remaining_series: OnceLock::new(),
                 rate_limited,
                 unattributed_credits,
                 budget_spent,
@@ -212,26 +223,26 @@ impl Metrics {
     }
 
     /// One finished request (forwarded or answered by the gateway).
-    pub fn request(&self, client: &str, route: &str, status: u16, duration: Duration) {
+    pub fn request(&self, client: &Arc<str>, route: &Arc<str>, status: u16, duration: Duration) {
         let inner = &self.inner;
         inner
             .requests
             .get_or_create(&RequestLabels {
-                client: client.to_owned(),
-                route: route.to_owned(),
+                client: Arc::clone(client),
+                route: Arc::clone(route),
                 status,
             })
             .inc();
         inner
             .request_duration
             .get_or_create(&RouteLabels {
-                route: route.to_owned(),
+                route: Arc::clone(route),
             })
             .observe(duration.as_secs_f64());
     }
 
     /// Credits charged for a forwarded call.
-    pub fn credits(&self, client: &str, route: &str, used: u64) {
+    pub fn credits(&self, client: &Arc<str>, route: &Arc<str>, used: u64) {
         self.inner
             .credits_used
             .get_or_create(&client_route(client, route))
@@ -239,7 +250,7 @@ impl Metrics {
     }
 
     /// A forwarded call whose response said nothing about credits.
-    pub fn credits_unknown(&self, client: &str, route: &str) {
+    pub fn credits_unknown(&self, client: &Arc<str>, route: &Arc<str>) {
         self.inner
             .credits_unknown
             .get_or_create(&client_route(client, route))
@@ -248,21 +259,22 @@ impl Metrics {
 
     /// The latest credit balance the upstream reported.
     pub fn balance(&self, balance: u64) {
-        self.inner.balance.get_or_create(&[]).set(balance);
+        let inner = &self.inner;
+        let series = inner
+            .balance_series
+            .get_or_init(|| inner.balance.get_or_create(&[]).clone());
+        series.set(balance);
     }
 
     /// The upstream's latest reported per-minute limit and remaining requests.
     pub fn upstream_rate_limit(&self, limit: Option<u32>, remaining: Option<u32>) {
-        let family = &self.inner.upstream_rate_limit;
+        let inner = &self.inner;
+        let family = &inner.upstream_rate_limit;
         if let Some(limit) = limit {
-            family
-                .get_or_create(&KindLabels { kind: "limit" })
-                .set(u64::from(limit));
+            kind_series(&inner.limit_series, family, "limit").set(u64::from(limit));
         }
         if let Some(remaining) = remaining {
-            family
-                .get_or_create(&KindLabels { kind: "remaining" })
-                .set(u64::from(remaining));
+            kind_series(&inner.remaining_series, family, "remaining").set(u64::from(remaining));
         }
     }
 
@@ -326,10 +338,19 @@ impl Metrics {
     }
 }
 
-fn client_route(client: &str, route: &str) -> ClientRouteLabels {
+/// The series `kind` of `family`, looked up the first time only.
+fn kind_series<'a>(
+    cell: &'a OnceLock<U64Gauge>,
+    family: &Family<KindLabels, U64Gauge>,
+    kind: &'static str,
+) -> &'a U64Gauge {
+    cell.get_or_init(|| family.get_or_create(&KindLabels { kind }).clone())
+}
+
+fn client_route(client: &Arc<str>, route: &Arc<str>) -> ClientRouteLabels {
     ClientRouteLabels {
-        client: client.to_owned(),
-        route: route.to_owned(),
+        client: Arc::clone(client),
+        route: Arc::clone(route),
     }
 }
 
@@ -362,9 +383,14 @@ mod tests {
     fn families_are_exposed_under_exactly_the_spec_names_and_types() {
         // An empty family is not described at all: feed each once.
         let metrics = Metrics::new();
-        metrics.request("crm-app", ROUTE, 200, Duration::from_millis(7));
-        metrics.credits("crm-app", ROUTE, 1);
-        metrics.credits_unknown("crm-app", ROUTE);
+        metrics.request(
+            &"crm-app".into(),
+            &ROUTE.into(),
+            200,
+            Duration::from_millis(7),
+        );
+        metrics.credits(&"crm-app".into(), &ROUTE.into(), 1);
+        metrics.credits_unknown(&"crm-app".into(), &ROUTE.into());
         metrics.balance(10);
         metrics.upstream_rate_limit(Some(5000), Some(4999));
         metrics.rate_limited("crm-app", "client");
@@ -413,7 +439,12 @@ mod tests {
     #[test]
     fn render_is_an_openmetrics_exposition_ending_in_eof() {
         let metrics = Metrics::new();
-        metrics.request("crm-app", ROUTE, 200, Duration::from_millis(7));
+        metrics.request(
+            &"crm-app".into(),
+            &ROUTE.into(),
+            200,
+            Duration::from_millis(7),
+        );
         let text = metrics.render();
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert_eq!(text.matches("# EOF").count(), 1);
@@ -427,10 +458,30 @@ mod tests {
     #[test]
     fn request_counts_by_client_route_and_status_and_times_by_route() {
         let metrics = Metrics::new();
-        metrics.request("crm-app", ROUTE, 200, Duration::from_millis(7));
-        metrics.request("crm-app", ROUTE, 200, Duration::from_millis(300));
-        metrics.request("crm-app", ROUTE, 429, Duration::from_millis(1));
-        metrics.request("billing", ROUTE, 200, Duration::from_secs(90));
+        metrics.request(
+            &"crm-app".into(),
+            &ROUTE.into(),
+            200,
+            Duration::from_millis(7),
+        );
+        metrics.request(
+            &"crm-app".into(),
+            &ROUTE.into(),
+            200,
+            Duration::from_millis(300),
+        );
+        metrics.request(
+            &"crm-app".into(),
+            &ROUTE.into(),
+            429,
+            Duration::from_millis(1),
+        );
+        metrics.request(
+            &"billing".into(),
+            &ROUTE.into(),
+            200,
+            Duration::from_secs(90),
+        );
         let text = metrics.render();
         let requests = |client: &str, status: u16| {
             sample(
@@ -476,11 +527,11 @@ mod tests {
     #[test]
     fn credits_and_unknown_credits_add_up_per_client_and_route() {
         let metrics = Metrics::new();
-        metrics.credits("crm-app", ROUTE, 1);
-        metrics.credits("crm-app", ROUTE, 5);
-        metrics.credits("crm-app", ROUTE, 0);
-        metrics.credits_unknown("billing", ROUTE);
-        metrics.credits_unknown("billing", ROUTE);
+        metrics.credits(&"crm-app".into(), &ROUTE.into(), 1);
+        metrics.credits(&"crm-app".into(), &ROUTE.into(), 5);
+        metrics.credits(&"crm-app".into(), &ROUTE.into(), 0);
+        metrics.credits_unknown(&"billing".into(), &ROUTE.into());
+        metrics.credits_unknown(&"billing".into(), &ROUTE.into());
         let text = metrics.render();
         let series = |name: &str, client: &str| {
             sample(
@@ -652,7 +703,7 @@ mod tests {
     #[test]
     fn clones_share_the_same_families() {
         let metrics = Metrics::new();
-        metrics.clone().credits("crm-app", ROUTE, 2);
+        metrics.clone().credits(&"crm-app".into(), &ROUTE.into(), 2);
         assert_eq!(
             sample(
                 &metrics.render(),

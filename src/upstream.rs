@@ -396,7 +396,10 @@ mod tests {
         for (base, host) in [
             ("https://app.onlyfansapi.com", "app.onlyfansapi.com"),
             ("https://app.onlyfansapi.com:443", "app.onlyfansapi.com"),
-            ("https://app.onlyfansapi.com:8443", "app.onlyfansapi.com:8443"),
+            (
+                "https://app.onlyfansapi.com:8443",
+                "app.onlyfansapi.com:8443",
+            ),
             ("http://127.0.0.1:80/x", "127.0.0.1"),
             ("http://127.0.0.1:443", "127.0.0.1:443"),
             ("http://[::1]:8080", "[::1]:8080"),

@@ -124,10 +124,10 @@ async fn metrics_expose_what_was_fed_under_the_spec_names_and_labels() {
     bounded(20, async {
         let admin = Admin::start(None, true).await;
         let m = &admin.metrics;
-        m.request("crm-app", ROUTE, 200, Duration::from_millis(40));
-        m.request("crm-app", ROUTE, 429, Duration::from_millis(2));
-        m.credits("crm-app", ROUTE, 3);
-        m.credits_unknown("billing", ROUTE);
+        m.request(&"crm-app".into(), &ROUTE.into(), 200, Duration::from_millis(40));
+        m.request(&"crm-app".into(), &ROUTE.into(), 429, Duration::from_millis(2));
+        m.credits(&"crm-app".into(), &ROUTE.into(), 3);
+        m.credits_unknown(&"billing".into(), &ROUTE.into());
         m.balance(10_055_796);
         m.upstream_rate_limit(Some(5000), Some(4999));
         m.rate_limited("crm-app", "upstream");
@@ -222,7 +222,7 @@ async fn metrics_expose_what_was_fed_under_the_spec_names_and_labels() {
 async fn metrics_and_usage_need_the_admin_token_when_one_is_configured() {
     bounded(20, async {
         let admin = Admin::start(Some(ADMIN_TOKEN), true).await;
-        admin.metrics.credits("crm-app", ROUTE, 1);
+        admin.metrics.credits(&"crm-app".into(), &ROUTE.into(), 1);
         for path in ["/metrics", "/usage"] {
             for token in [None, Some("wrong"), Some("admin-TOKEN-012345678")] {
                 let resp = admin.get(path, token).await;

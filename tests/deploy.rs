@@ -140,11 +140,14 @@ fn exported_names(exposition: &str) -> BTreeSet<String> {
 /// A gateway's metrics with every family fed once.
 fn rendered_metrics() -> String {
     let metrics = Metrics::new();
-    let route = "PUT /api/fansly/{account}/tracking-links/{id}";
-    metrics.request("crm-app", route, 200, Duration::from_millis(120));
-    metrics.request("crm-app", route, 502, Duration::from_millis(40));
-    metrics.credits("crm-app", route, 5);
-    metrics.credits_unknown("crm-app", route);
+    let (client, route) = (
+        "crm-app".into(),
+        "PUT /api/fansly/{account}/tracking-links/{id}".into(),
+    );
+    metrics.request(&client, &route, 200, Duration::from_millis(120));
+    metrics.request(&client, &route, 502, Duration::from_millis(40));
+    metrics.credits(&client, &route, 5);
+    metrics.credits_unknown(&client, &route);
     metrics.balance(123_456);
     metrics.upstream_rate_limit(Some(1000), Some(900));
     metrics.rate_limited("crm-app", "client");

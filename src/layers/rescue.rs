@@ -22,7 +22,7 @@ use tower::{Layer, Service};
 use super::request_id::{ReceivedAt, X_REQUEST_ID};
 use crate::body::{Body, BoxError};
 use crate::error::GatewayError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UNKNOWN};
 
 /// What the layers below learned about a request, for the log line of an early answer.
 #[derive(Debug, Default)]
@@ -148,7 +148,7 @@ struct Early {
 
 impl Early {
     fn record(&self, error: &GatewayError, request_id: &str) {
-        let client = self.note.client.get().map_or("-", |c| &**c);
+        let client = self.note.client.get().unwrap_or(&UNKNOWN);
         if let GatewayError::RateLimited { scope, .. } = error {
             self.metrics.rate_limited(client, scope);
         }
@@ -159,15 +159,15 @@ impl Early {
                 .store(error.status().as_u16(), Ordering::SeqCst);
             return;
         }
-        let route = self.note.route.get().map_or("-", |r| &**r);
+        let route = self.note.route.get().unwrap_or(&UNKNOWN);
         let total = self.received_at.elapsed();
         let status = error.status().as_u16();
         self.metrics.request(client, route, status, total);
         tracing::info!(
             request_id,
-            client,
+            client = &**client,
             method = %self.method,
-            route,
+            route = &**route,
             status,
             code = error.code(),
             total_ms = total.as_millis() as u64,

@@ -42,11 +42,11 @@ pub struct LedgerRow {
     /// The `x-request-id`, to find the call in the logs.
     pub request_id: String,
     /// The gateway client (config name) that made the call: who spent the credits.
-    pub client: String,
+    pub client: Arc<str>,
     pub method: String,
     /// Route template, e.g. `PUT /api/fansly/{account}/tracking-links/{id}`: groups calls by
     /// what they do, not by ids.
-    pub route: String,
+    pub route: Arc<str>,
     /// The OnlyFans / Fansly account the call was about; `None` for team routes (`/api/whoami`).
     pub account: Option<String>,
     /// The status sent to the client; `>= 400` counts as an error in reports.

@@ -32,7 +32,7 @@ use crate::layers::rescue::RequestNote;
 use crate::layers::route::RouteInfo;
 use crate::ledger::{Ledger, LedgerRow, Outcome};
 use crate::limiter::{Limiter, Ticket, UpstreamReport};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UNKNOWN};
 use crate::upstream::UpstreamHeaders;
 
 /// Everything the meter reports to. Shared by all requests.
@@ -147,9 +147,9 @@ where
                 .map_or_else(|| "-".to_owned(), |id| id.as_str().to_owned()),
             client: ext
                 .get::<Arc<Client>>()
-                .map_or_else(|| Arc::from("-"), |c| Arc::clone(&c.id.0)),
+                .map_or_else(|| Arc::clone(&UNKNOWN), |c| Arc::clone(&c.id.0)),
             method: req.method().clone(),
-            route: route.map_or_else(|| Arc::from("-"), |r| Arc::clone(&r.template)),
+            route: route.map_or_else(|| Arc::clone(&UNKNOWN), |r| Arc::clone(&r.template)),
             account: route.and_then(|r| r.account.clone()),
             ticket: ext.get::<Ticket>().copied(),
             reservation: ext.get::<Arc<Reservation>>().cloned(),
@@ -373,7 +373,7 @@ impl Meter {
             );
         }
 
-        let (client, route) = (&*call.client, &*call.route);
+        let (client, route) = (&call.client, &call.route);
         if limit.is_some() || remaining.is_some() {
             self.metrics.upstream_rate_limit(limit, remaining);
         }
@@ -412,9 +412,9 @@ impl Meter {
             ledger.record(LedgerRow {
                 ts_ms: crate::calendar::now_ms(),
                 request_id: call.request_id.clone(),
-                client: client.to_owned(),
+                client: Arc::clone(client),
                 method: call.method.to_string(),
-                route: route.to_owned(),
+                route: Arc::clone(route),
                 account: call.account.clone(),
                 status: status.as_u16(),
                 credits_used: used,
@@ -428,9 +428,9 @@ impl Meter {
         self.metrics.request(client, route, status.as_u16(), total);
         tracing::info!(
             request_id = %call.request_id,
-            client,
+            client = &**client,
             method = %call.method,
-            route,
+            route = &**route,
             account = call.account.as_deref(),
             status = status.as_u16(),
             credits_used = used,
