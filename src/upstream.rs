@@ -329,33 +329,42 @@ fn classify_client_error(error: hyper_util::client::legacy::Error) -> BoxError {
 /// including any the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // The usual message has none: one pass over its names, and no removal (each hashes a name).
-    if !headers.keys().any(is_hop_by_hop) {
+    if !headers.keys().any(|name| is_hop_by_hop(name.as_str())) {
         return;
     }
-    let named = headers
+    // The other headers `Connection` names go too (RFC 9110 §7.6.1). The usual `keep-alive` or
+    // `close` names none that the message has, so then no name is made and nothing allocated.
+    let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok());
-    let doomed: Vec<HeaderName> = named
-        .chain(headers.keys().filter(|name| is_hop_by_hop(name)).cloned())
+        .map(str::trim)
+        .filter(|token| !is_hop_by_hop(token) && headers.contains_key(*token))
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
-    for name in doomed {
+    for name in HOP_BY_HOP.into_iter().chain(named) {
         headers.remove(name);
     }
 }
 
 /// The hop-by-hop headers every message loses (those a `Connection` header names come on top).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::PROXY_AUTHENTICATE
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Whether `name` (any case) is one of [`HOP_BY_HOP`].
+fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|hop| hop.as_str().eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]
@@ -457,6 +466,19 @@ mod tests {
         assert_eq!(names.len(), 2, "{names:?}");
         assert!(headers.contains_key("idempotency-key"));
         assert!(headers.contains_key(header::IF_NONE_MATCH));
+    }
+
+    #[test]
+    fn headers_connection_names_go_in_any_case() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::CONNECTION, "Close, X-Private".parse().unwrap());
+        headers.append(header::CONNECTION, "KEEP-ALIVE,x-other".parse().unwrap());
+        for name in ["x-private", "x-other", "keep-alive", "close", "x-kept"] {
+            headers.insert(name, "1".parse().unwrap());
+        }
+        remove_hop_by_hop(&mut headers);
+        let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
     }
 
     #[test]
