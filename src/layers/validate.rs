@@ -94,26 +94,62 @@ pub(crate) fn check_update_body(bytes: &[u8]) -> Result<(), GatewayError> {
 }
 
 /// The happy path without building a JSON tree: an object whose `label` is a non-empty string
-/// and whose `description` is a string or null (unknown fields are skipped, strings borrowed
-/// unless escaped). Anything else goes the slow way, which names the problem.
-///
-/// Two passes over a small body: serde's way of skipping unknown fields checks neither UTF-8 nor
-/// `\u` surrogates inside their strings, so the first pass ([`WellFormed`]) checks the whole
-/// document as strictly as a parse into a `Value` would (without keeping any of it), and the
-/// second reads the two fields.
+/// and whose `description` is a string or null. One pass: the two fields are read (strings
+/// borrowed unless escaped) and every other value is checked as strictly as a parse into a
+/// `Value` would ([`WellFormed`]: serde's own way of skipping unknown fields checks neither UTF-8
+/// nor `\u` surrogates inside their strings). Anything else, a repeated field included, goes the
+/// slow way, which names the problem.
 pub(crate) fn is_valid_update(bytes: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Update<'a> {
-        #[serde(borrow)]
-        label: std::borrow::Cow<'a, str>,
-        #[serde(borrow, default)]
-        #[allow(dead_code)] // only its type is checked
-        description: Option<std::borrow::Cow<'a, str>>,
+    serde_json::from_slice::<ValidUpdate>(bytes).is_ok()
+}
+
+/// Deserializes only from an update body [`is_valid_update`] accepts.
+struct ValidUpdate;
+
+impl<'de> serde::Deserialize<'de> for ValidUpdate {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // An object, not an array or anything else.
+        deserializer.deserialize_map(ValidUpdate)
     }
-    // A derived struct also deserializes from an array (`["label"]`); the body must be an object.
-    bytes.trim_ascii_start().first() == Some(&b'{')
-        && serde_json::from_slice::<WellFormed>(bytes).is_ok()
-        && serde_json::from_slice::<Update<'_>>(bytes).is_ok_and(|u| !u.label.trim().is_empty())
+}
+
+impl<'de> serde::de::Visitor<'de> for ValidUpdate {
+    type Value = ValidUpdate;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a tracking-link update")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        use serde::de::Error;
+        use std::borrow::Cow;
+        let (mut label_ok, mut seen_label, mut seen_description) = (false, false, false);
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let seen = match &*key {
+                "label" => {
+                    let label = map.next_value::<Cow<'de, str>>()?;
+                    label_ok = !label.trim().is_empty();
+                    &mut seen_label
+                }
+                "description" => {
+                    map.next_value::<Option<Cow<'de, str>>>()?;
+                    &mut seen_description
+                }
+                _ => {
+                    map.next_value::<WellFormed>()?;
+                    continue;
+                }
+            };
+            if std::mem::replace(seen, true) {
+                return Err(A::Error::custom("repeated field"));
+            }
+        }
+        if label_ok {
+            Ok(self)
+        } else {
+            Err(A::Error::custom("no usable label"))
+        }
+    }
 }
 
 /// Any JSON value, read as strictly as `serde_json::Value` reads it (strings decoded, so
