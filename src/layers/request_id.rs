@@ -122,8 +122,15 @@ fn new_id() -> HeaderValue {
         u64::from_le_bytes(seed)
     });
     let n = splitmix64(prefix ^ COUNTER.fetch_add(1, Ordering::Relaxed));
-    let text = format!("{prefix:016x}{n:016x}");
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&prefix.to_be_bytes());
+    raw[8..].copy_from_slice(&n.to_be_bytes());
+    let mut text = [0u8; 32];
+    // Hex digits are always a valid header value; neither fallback can happen.
+    if hex::encode_to_slice(raw, &mut text).is_err() {
+        return HeaderValue::from_static("0");
+    }
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn splitmix64(mut x: u64) -> u64 {
@@ -149,5 +156,15 @@ mod tests {
     fn new_ids_differ() {
         assert_ne!(new_id(), new_id());
         assert_eq!(new_id().len(), 32);
+    }
+
+    #[test]
+    fn a_new_id_is_its_prefix_then_its_scrambled_counter_in_lower_case_hex() {
+        let (a, b) = (new_id(), new_id());
+        let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+        assert!(a.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')), "{a}");
+        // The same process: the same first half.
+        assert_eq!(a[..16], b[..16]);
+        assert_ne!(a[16..], b[16..]);
     }
 }
