@@ -162,7 +162,10 @@ mod tests {
     fn a_new_id_is_its_prefix_then_its_scrambled_counter_in_lower_case_hex() {
         let (a, b) = (new_id(), new_id());
         let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
-        assert!(a.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')), "{a}");
+        assert!(
+            a.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
+            "{a}"
+        );
         // The same process: the same first half.
         assert_eq!(a[..16], b[..16]);
         assert_ne!(a[16..], b[16..]);
