@@ -18,7 +18,8 @@
 //! - [`log_format`]: the JSON log line, written by hand.
 //! - [`log_output`]: log lines to stdout in batches, off the request path.
 //! - [`metrics`]: the Prometheus metric families behind the admin `/metrics`.
-//! - [`upstream`]: the pooled HTTPS client and the header hygiene of a proxy.
+//! - [`upstream`]: each serving thread's pool of upstream connections (h2 or HTTP/1.1), and
+//!   the header hygiene of a proxy.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/metrics`, `/usage`).
 //! - [`ledger`]: the credit ledger (SQLite, one batching writer thread) and the usage reports.
 //! - [`sandbox`]: a faithful local stand-in for the upstream.

@@ -769,6 +769,37 @@ async fn an_upstream_that_goes_down_is_502_and_is_used_again_when_it_comes_back(
     .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_the_upstream_closes_are_not_used_again() {
+    bounded(20, async {
+        // Every answer is followed by a close, as an upstream whose keep-alive timeout is
+        // shorter than the gateway's does. The gateway must notice the close before it picks
+        // the connection again, or, when the close comes just as it is picked, send the request
+        // again on another one (the request never went out). Taking a closed connection with
+        // neither check fails this test at the second call.
+        let up = RawUpstream::start(|_| vec![Step::Send(fixture_response()), Step::Close]).await;
+        let gw = Gw::start(&up.base_url(), Options::default()).await;
+        let client = HttpClient::http1();
+        for i in 0..20 {
+            let resp = client
+                .send(get(&gw.url(WHOAMI), &format!("call-{i}")))
+                .await
+                .unwrap();
+            assert_eq!(resp.status, 200, "call {i}: {}", resp.text());
+            assert_eq!(resp.text(), FIXTURE);
+        }
+        // Each request reached the upstream once: none was lost, none sent twice.
+        assert_eq!(*up.requests.borrow(), 20);
+        let rows = gw.stop().await;
+        assert!(rows
+            .iter()
+            .all(|r| r.status == 200 && r.outcome == "complete"));
+        assert_eq!(rows.len(), 20);
+        assert_no_panic();
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. Slow and idle clients
 // ---------------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
-//! The upstream client: a pooled hyper-util client over hyper-rustls (HTTP/2 when the upstream
-//! offers it by ALPN, else HTTP/1.1 keep-alive), and the header hygiene of a proxy. Bodies stream
-//! both ways untouched. Failures become gateway errors: 502 for connect failures and broken
-//! responses (a response head over [`MAX_RESPONSE_HEAD`] included), 504 when the upstream does
-//! not answer within `upstream.timeout`. A response body the upstream leaves silent for
-//! `upstream.timeout` fails, so the client's response is cut instead of hanging.
+//! The upstream client: each serving thread's pool of connections to the upstream (HTTP/2 when
+//! the upstream offers it by ALPN, else HTTP/1.1 keep-alive; see [`pool`]), and the header
+//! hygiene of a proxy. Bodies stream both ways untouched. Failures become gateway errors: 502 for
+//! connect failures and broken responses (a response head over [`MAX_RESPONSE_HEAD`] included),
+//! 504 when the upstream does not answer within `upstream.timeout`. A response body the upstream
+//! leaves silent for `upstream.timeout` fails, so the client's response is cut instead of hanging.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,11 +13,7 @@ use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::{Request, Response, Uri};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
@@ -27,6 +23,9 @@ use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::layers::body_limit::BodyTooLarge;
 use crate::layers::drain::ClientBodyError;
+use pool::{Connector, Pool, SendError};
+
+mod pool;
 
 /// The largest response head (status line and headers) taken from the upstream over HTTP/1.1; a
 /// larger one is a broken response (502), not something to pass on to the client. hyper's own
@@ -34,22 +33,20 @@ use crate::layers::drain::ClientBodyError;
 /// hyper's limit of 100 response headers stays as it is.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
-/// Sends requests to the upstream named by `upstream.base_url`.
+/// Sends requests to the upstream named by `upstream.base_url`. Each serving thread makes its
+/// own (its clones share one pool of connections).
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    pool: Arc<Pool>,
     target: Arc<Target>,
     timeout: Duration,
 }
 
 /// Where requests go: the base URL split once, so each request only joins its path.
 struct Target {
-    scheme: Scheme,
-    authority: Authority,
     /// Path prefix of the base URL, without a trailing slash; usually empty.
     prefix: String,
-    /// The `Host` every request carries: the authority without a default port, made once here
-    /// rather than formatted per request by the pooled client.
+    /// The `Host` every request carries: the authority without a default port, made once.
     host: HeaderValue,
 }
 
@@ -69,57 +66,37 @@ impl UpstreamClient {
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        let https = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .http1_max_buf_size(MAX_RESPONSE_HEAD)
-            .set_host(false)
-            .build(https);
-        let base = base_url;
-        let scheme = base.scheme().cloned().unwrap_or(Scheme::HTTPS);
-        let authority = base
+        let scheme = base_url.scheme().cloned().unwrap_or(Scheme::HTTPS);
+        let authority = base_url
             .authority()
             .cloned()
             .ok_or("upstream.base_url has no host")?;
         let target = Target {
             host: host_header(&scheme, &authority)?,
-            scheme,
-            authority,
-            prefix: base.path().trim_end_matches('/').to_owned(),
+            prefix: base_url.path().trim_end_matches('/').to_owned(),
         };
+        let connector = Connector::new(scheme, authority, tls, config.connect_timeout)?;
         Ok(Self {
-            client,
+            pool: Arc::new(Pool::new(connector)),
             target: Arc::new(target),
             timeout: config.timeout,
         })
     }
 
-    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, BoxError> {
-        let path_and_query = match (uri.path_and_query(), self.target.prefix.is_empty()) {
-            // The usual case: the client's own path and query, shared, not copied.
-            (Some(pq), true) => pq.clone(),
-            (None, true) => PathAndQuery::from_static("/"),
-            (pq, false) => {
-                let pq = pq.map_or("/", PathAndQuery::as_str);
-                format!("{}{pq}", self.target.prefix).try_into()?
-            }
-        };
-        Ok(Uri::builder()
-            .scheme(self.target.scheme.clone())
-            .authority(self.target.authority.clone())
-            .path_and_query(path_and_query)
-            .build()?)
+    /// The upstream's path and query for the client's: the base URL's path prefix, then the
+    /// client's own.
+    fn upstream_path(&self, uri: &Uri) -> Result<PathAndQuery, BoxError> {
+        Ok(
+            match (uri.path_and_query(), self.target.prefix.is_empty()) {
+                // The usual case: the client's own path and query, shared, not copied.
+                (Some(pq), true) => pq.clone(),
+                (None, true) => PathAndQuery::from_static("/"),
+                (pq, false) => {
+                    let pq = pq.map_or("/", PathAndQuery::as_str);
+                    format!("{}{pq}", self.target.prefix).try_into()?
+                }
+            },
+        )
     }
 }
 
@@ -150,18 +127,16 @@ impl Service<Request<Body>> for UpstreamClient {
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let uri = self.upstream_uri(req.uri());
-        let client = self.client.clone();
-        let host = self.target.host.clone();
+        let path = self.upstream_path(req.uri());
+        req.headers_mut()
+            .insert(header::HOST, self.target.host.clone());
+        let pool = Arc::clone(&self.pool);
         let timeout = self.timeout;
         Box::pin(async move {
-            *req.uri_mut() = uri?;
-            req.headers_mut().insert(header::HOST, host);
-            // The pooled client picks HTTP/2 or HTTP/1.1 per connection; start from 1.1.
-            *req.version_mut() = Version::HTTP_11;
-            let response = match tokio::time::timeout(timeout, client.request(req)).await {
+            let sent = pool.send(req, path?);
+            let response = match tokio::time::timeout(timeout, sent).await {
                 Err(_elapsed) => return Err(GatewayError::UpstreamTimeout.into()),
-                Ok(Err(error)) => return Err(classify_client_error(error)),
+                Ok(Err(error)) => return Err(classify_send_error(error)),
                 Ok(Ok(response)) => response,
             };
             let mut response = response.map(|body| boxed(StallGuard::new(body, timeout)));
@@ -305,7 +280,15 @@ where
 
 /// A client body over its limit (413) or broken by the client (400) stays the client's fault;
 /// the rest are the upstream's (502).
-fn classify_client_error(error: hyper_util::client::legacy::Error) -> BoxError {
+fn classify_send_error(error: SendError) -> BoxError {
+    let error = match error {
+        SendError::Connect(error) => {
+            tracing::debug!(error = %error, "could not connect to the upstream");
+            let why = "could not connect to the upstream";
+            return GatewayError::UpstreamUnavailable(why.into()).into();
+        }
+        SendError::Http(error) => error,
+    };
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
     while let Some(err) = source {
         if let Some(too_large) = err.downcast_ref::<BodyTooLarge>() {
@@ -316,11 +299,7 @@ fn classify_client_error(error: hyper_util::client::legacy::Error) -> BoxError {
         }
         source = err.source();
     }
-    let why = if error.is_connect() {
-        "could not connect to the upstream"
-    } else {
-        "the upstream connection failed or sent a broken response"
-    };
+    let why = "the upstream connection failed or sent a broken response";
     tracing::debug!(error = %error, "upstream request failed");
     GatewayError::UpstreamUnavailable(why.into()).into()
 }
@@ -388,15 +367,15 @@ mod tests {
         let uri: Uri = "/api/whoami?fresh=true".parse().unwrap();
         assert_eq!(
             client("https://app.onlyfansapi.com")
-                .upstream_uri(&uri)
+                .upstream_path(&uri)
                 .unwrap(),
-            "https://app.onlyfansapi.com/api/whoami?fresh=true"
+            "/api/whoami?fresh=true"
         );
         assert_eq!(
             client("http://proxy.internal:8443/ofapi/")
-                .upstream_uri(&uri)
+                .upstream_path(&uri)
                 .unwrap(),
-            "http://proxy.internal:8443/ofapi/api/whoami?fresh=true"
+            "/ofapi/api/whoami?fresh=true"
         );
     }
 
