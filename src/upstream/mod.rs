@@ -307,8 +307,17 @@ fn classify_send_error(error: SendError) -> BoxError {
 /// Removes the headers that describe one connection rather than the message (RFC 9110 §7.6.1),
 /// including any the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // The usual message has none: one pass over its names, and no removal (each hashes a name).
-    if !headers.keys().any(|name| is_hop_by_hop(name.as_str())) {
+    // One pass over the names notes which hop-by-hop headers the message has: usually none, or
+    // only `Connection` (an HTTP/1.1 upstream's `keep-alive`), and only those are removed (each
+    // removal hashes a name). A map's names are lower case, so they compare as names (six of the
+    // eight are standard headers, which compare by their tag), not as strings in any case.
+    let mut present = [false; 8];
+    for name in headers.keys() {
+        if let Some(at) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[at] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
     // The other headers `Connection` names go too (RFC 9110 §7.6.1). The usual `keep-alive` or
@@ -322,7 +331,11 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .filter(|token| !is_hop_by_hop(token) && headers.contains_key(*token))
         .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
-    for name in HOP_BY_HOP.into_iter().chain(named) {
+    let hop_by_hop = HOP_BY_HOP.into_iter().zip(present);
+    for name in hop_by_hop.filter_map(|(name, present)| present.then_some(name)) {
+        headers.remove(name);
+    }
+    for name in named {
         headers.remove(name);
     }
 }
