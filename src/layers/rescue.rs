@@ -166,7 +166,7 @@ impl Early {
         tracing::info!(
             request_id,
             client = &**client,
-            method = %self.method,
+            method = self.method.as_str(),
             route = &**route,
             status,
             code = error.code(),

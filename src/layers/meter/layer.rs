@@ -427,9 +427,9 @@ impl Meter {
         }
         self.metrics.request(client, route, status.as_u16(), total);
         tracing::info!(
-            request_id = %call.request_id,
+            request_id = call.request_id.as_str(),
             client = &**client,
-            method = %call.method,
+            method = call.method.as_str(),
             route = &**route,
             account = call.account.as_deref(),
             status = status.as_u16(),
