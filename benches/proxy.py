@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Proxy throughput benchmark of ofapi-gateway (run it through benches/proxy.sh).
 
-Five targets answer the same tracking-link PUT, all on 127.0.0.1:
+Six targets answer the same tracking-link PUT, all on 127.0.0.1:
 
   direct       wrk -> upstream nginx (1 worker, a static answer: the fixture + credit headers)
   nginx-1w     wrk -> nginx authenticating proxy, 1 worker  -> upstream
   nginx-2w     wrk -> nginx authenticating proxy, 2 workers -> upstream
+  floor        wrk -> benches/hyper_floor.rs, WORKERS threads -> upstream (hyper alone: the key
+                      checked and swapped, nothing else; what any hyper-based proxy costs at least)
   gateway      wrk -> ofapi-gateway serve (metering on)     -> upstream
   gateway-nm   wrk -> ofapi-gateway serve --no-metering     -> upstream
 
@@ -17,7 +19,7 @@ the ratios and the gateway's time from spawn to its first /healthz 200.
 Environment: DURATION (10s), CONNECTIONS ("8 64"), QUICK=1 (2s, "16"), WARMUP (2s), THREADS
 (wrk threads, 2), WORKERS (serving threads of the gateway, 2 = nginx-2w), READY_RUNS (5),
 ROUNDS (1; more: the median of each figure), RESULTS (target/bench-results.md),
-GATEWAY (target/release/ofapi-gateway), KEEP_TMP=1 (keep the scratch folder and its logs).
+GATEWAY (target/release/ofapi-gateway), FLOOR (target/release/examples/hyper_floor), KEEP_TMP=1 (keep the scratch folder and its logs).
 Python standard library only.
 """
 
@@ -60,6 +62,7 @@ READY_RUNS = int(env("READY_RUNS", "2" if QUICK else "5"))
 ROUNDS = int(env("ROUNDS", "1"))
 RESULTS = env("RESULTS", os.path.join(ROOT, "target/bench-results.md"))
 GATEWAY = env("GATEWAY", os.path.join(ROOT, "target/release/ofapi-gateway"))
+FLOOR = env("FLOOR", os.path.join(ROOT, "target/release/examples/hyper_floor"))
 KEEP_TMP = env("KEEP_TMP", "0") not in ("0", "false", "no")
 
 
@@ -405,6 +408,17 @@ def run_round(tmp, fixture, upstream, upstream_port, notes, round_):
         rows += run_target(target, fixture)[0]
         stop(process)
 
+    log("floor")
+    port = free_port()
+    errors = open(os.path.join(tmp, f"floor-r{round_}.log"), "w")
+    process = spawn([FLOOR, f"127.0.0.1:{port}", f"127.0.0.1:{upstream_port}", CLIENT_KEY,
+                     UPSTREAM_KEY, str(WORKERS)], stdout=errors, stderr=errors)
+    wait_port(port, process, "hyper floor")
+    target = Target("floor", f"hyper floor, {WORKERS} threads", port, f"Bearer {CLIENT_KEY}",
+                    process, [process.pid])
+    rows += run_target(target, fixture)[0]
+    stop(process)
+
     for name, label, metering in (("gateway", "ofapi-gateway, metering on", True),
                                   ("gateway-nm", "ofapi-gateway, metering off", False)):
         log(name)
@@ -478,7 +492,7 @@ def ratios(rows):
     for c in CONNECTIONS:
         gateway = by[("gateway", c)]
         for other, label in (("direct", "direct"), ("nginx-1w", "nginx, 1 worker"),
-                             ("nginx-2w", "nginx, 2 workers")):
+                             ("nginx-2w", "nginx, 2 workers"), ("floor", "hyper floor")):
             o = by[(other, c)]
             lines.append(
                 f"| {c} | {label} | {gateway['rps'] / o['rps']:.2f} | "
@@ -540,6 +554,8 @@ def main():
             raise BenchError(f"{tool} is not installed (benches/proxy.sh installs it)")
     if not os.access(GATEWAY, os.X_OK):
         raise BenchError(f"{GATEWAY} is missing: cargo build --release --locked")
+    if not os.access(FLOOR, os.X_OK):
+        raise BenchError(f"{FLOOR} is missing: cargo build --release --locked --example hyper_floor")
 
     with open(FIXTURE) as f:
         fixture = json.load(f)

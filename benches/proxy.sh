@@ -16,6 +16,6 @@ if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
     $SUDO apt-get install -y --no-install-recommends nginx wrk
 fi
 
-cargo build --release --locked
+cargo build --release --locked --bin ofapi-gateway --example hyper_floor
 
 exec python3 benches/proxy.py
