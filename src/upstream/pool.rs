@@ -13,7 +13,9 @@
 //! on another one (the upstream may close an idle connection just as it is picked); a connection
 //! is reused only once it is ready (its previous answer has ended); connections idle for
 //! [`IDLE_TIMEOUT`] are closed when next looked at; TCP_NODELAY; `connect_timeout` on the TCP
-//! connect; HTTP/1.1 answers' heads bounded by [`super::MAX_RESPONSE_HEAD`].
+//! connect, shared out between the host's addresses; HTTP/1.1 answers' heads bounded by
+//! [`super::MAX_RESPONSE_HEAD`]. Not kept: racing an IPv6 address against an IPv4 one (happy
+//! eyeballs); the addresses are tried in turn.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -223,16 +225,7 @@ impl Connector {
     /// A new connection, its protocol chosen by ALPN (plain `http` is HTTP/1.1), its task
     /// spawned on the current runtime.
     async fn connect(&self) -> Result<Connection, SendError> {
-        let connect = TcpStream::connect((self.host.as_str(), self.port));
-        let tcp = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(error)) => return Err(SendError::Connect(error.into())),
-            Err(_elapsed) => {
-                return Err(SendError::Connect(
-                    "upstream.connect_timeout elapsed".into(),
-                ))
-            }
-        };
+        let tcp = self.connect_tcp().await.map_err(SendError::Connect)?;
         tcp.set_nodelay(true)
             .map_err(|e| SendError::Connect(e.into()))?;
         let Some((tls, name)) = &self.tls else {
@@ -253,6 +246,28 @@ impl Connector {
         } else {
             http1_handshake(TokioIo::new(stream)).await
         }
+    }
+
+    /// A TCP connection to the first of the host's addresses that takes one. Each address gets
+    /// an equal share of `connect_timeout`, as hyper-util's connector gave them, so that an
+    /// address that drops connection attempts (an IPv6 route that goes nowhere) leaves time for
+    /// the next.
+    async fn connect_tcp(&self) -> Result<TcpStream, BoxError> {
+        let addresses: Vec<_> = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await?
+            .collect();
+        let share = self.connect_timeout / u32::try_from(addresses.len().max(1)).unwrap_or(1);
+        let mut last_error: BoxError = format!("{} resolves to no address", self.host).into();
+        for address in addresses {
+            match tokio::time::timeout(share, TcpStream::connect(address)).await {
+                Ok(Ok(tcp)) => return Ok(tcp),
+                Ok(Err(error)) => last_error = format!("{address}: {error}").into(),
+                Err(_elapsed) => {
+                    last_error = format!("{address}: upstream.connect_timeout elapsed").into()
+                }
+            }
+        }
+        Err(last_error)
     }
 }
 
@@ -316,7 +331,8 @@ mod tests {
         (addr, accepted)
     }
 
-    fn pool(addr: SocketAddr) -> Arc<Pool> {
+    /// A pool for `http://{authority}` (the TLS settings go unused).
+    fn pool_for(authority: &str) -> Arc<Pool> {
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -324,10 +340,14 @@ mod tests {
         .unwrap()
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
-        let authority: Authority = addr.to_string().parse().unwrap();
+        let authority: Authority = authority.parse().unwrap();
         let connector =
             Connector::new(Scheme::HTTP, authority, tls, Duration::from_secs(5)).unwrap();
         Arc::new(Pool::new(connector))
+    }
+
+    fn pool(addr: SocketAddr) -> Arc<Pool> {
+        pool_for(&addr.to_string())
     }
 
     /// One request, its answer read to the end, then a turn for the connection's task (as the
@@ -382,6 +402,14 @@ mod tests {
             4,
             "no new connection once idle"
         );
+    }
+
+    #[tokio::test]
+    async fn a_host_name_is_resolved_and_its_addresses_tried_in_turn() {
+        // `localhost` may resolve to ::1 before 127.0.0.1; only the latter listens here.
+        let (addr, accepted) = upstream().await;
+        call(&pool_for(&format!("localhost:{}", addr.port()))).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
