@@ -12,10 +12,12 @@
 //! What is kept from it: a request that a reused connection closed before sending is sent again
 //! on another one (the upstream may close an idle connection just as it is picked); a connection
 //! is reused only once it is ready (its previous answer has ended); connections idle for
-//! [`IDLE_TIMEOUT`] are closed when next looked at; TCP_NODELAY; `connect_timeout` on the TCP
-//! connect, shared out between the host's addresses; HTTP/1.1 answers' heads bounded by
+//! [`IDLE_TIMEOUT`] are closed when next looked at; TCP_NODELAY; `connect_timeout`, each of the
+//! host's addresses having its share for the TCP connect; HTTP/1.1 answers' heads bounded by
 //! [`super::MAX_RESPONSE_HEAD`]. Not kept: racing an IPv6 address against an IPv4 one (happy
-//! eyeballs); the addresses are tried in turn.
+//! eyeballs); the addresses are tried in turn. Added: `connect_timeout` also bounds the TLS and
+//! HTTP/2 handshakes, as the configuration says (an upstream that accepts and then says nothing
+//! was bounded only by `upstream.timeout`).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -223,8 +225,17 @@ impl Connector {
     }
 
     /// A new connection, its protocol chosen by ALPN (plain `http` is HTTP/1.1), its task
-    /// spawned on the current runtime.
+    /// spawned on the current runtime; all of it (TCP, TLS, HTTP) within `connect_timeout`.
     async fn connect(&self) -> Result<Connection, SendError> {
+        match tokio::time::timeout(self.connect_timeout, self.open()).await {
+            Ok(connected) => connected,
+            Err(_elapsed) => Err(SendError::Connect(
+                "upstream.connect_timeout elapsed".into(),
+            )),
+        }
+    }
+
+    async fn open(&self) -> Result<Connection, SendError> {
         let tcp = self.connect_tcp().await.map_err(SendError::Connect)?;
         tcp.set_nodelay(true)
             .map_err(|e| SendError::Connect(e.into()))?;
@@ -410,6 +421,38 @@ mod tests {
         let (addr, accepted) = upstream().await;
         call(&pool_for(&format!("localhost:{}", addr.port()))).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tls_handshake_the_upstream_never_answers_fails_at_the_connect_timeout() {
+        // Accepts, then says nothing: the TCP connect succeeds, the TLS handshake never ends.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+            drop(stream);
+        });
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let timeout = Duration::from_secs(5);
+        let authority: Authority = addr.to_string().parse().unwrap();
+        let pool = Arc::new(Pool::new(
+            Connector::new(Scheme::HTTPS, authority, tls, timeout).unwrap(),
+        ));
+        let started = Instant::now();
+        let req = Request::get("/").body(crate::body::empty()).unwrap();
+        let sent = pool.send(req, PathAndQuery::from_static("/"));
+        // Bounded here too, so that a regression fails rather than hangs.
+        let sent = tokio::time::timeout(timeout * 2, sent).await.unwrap();
+        assert!(matches!(sent, Err(SendError::Connect(_))), "{sent:?}");
+        assert_eq!(started.elapsed(), timeout);
+        held.abort();
     }
 
     #[tokio::test]
