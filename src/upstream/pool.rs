@@ -342,8 +342,8 @@ mod tests {
         (addr, accepted)
     }
 
-    /// A pool for `http://{authority}` (the TLS settings go unused).
-    fn pool_for(authority: &str) -> Arc<Pool> {
+    /// A pool for `scheme://{authority}` that trusts no certificate (none is ever shown here).
+    fn pool_with(scheme: Scheme, authority: &str, connect_timeout: Duration) -> Arc<Pool> {
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -352,9 +352,13 @@ mod tests {
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
         let authority: Authority = authority.parse().unwrap();
-        let connector =
-            Connector::new(Scheme::HTTP, authority, tls, Duration::from_secs(5)).unwrap();
+        let connector = Connector::new(scheme, authority, tls, connect_timeout).unwrap();
         Arc::new(Pool::new(connector))
+    }
+
+    /// A pool for `http://{authority}`.
+    fn pool_for(authority: &str) -> Arc<Pool> {
+        pool_with(Scheme::HTTP, authority, Duration::from_secs(5))
     }
 
     fn pool(addr: SocketAddr) -> Arc<Pool> {
@@ -433,18 +437,8 @@ mod tests {
             std::future::pending::<()>().await;
             drop(stream);
         });
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
         let timeout = Duration::from_secs(5);
-        let authority: Authority = addr.to_string().parse().unwrap();
-        let pool = Arc::new(Pool::new(
-            Connector::new(Scheme::HTTPS, authority, tls, timeout).unwrap(),
-        ));
+        let pool = pool_with(Scheme::HTTPS, &addr.to_string(), timeout);
         let started = Instant::now();
         let req = Request::get("/").body(crate::body::empty()).unwrap();
         let sent = pool.send(req, PathAndQuery::from_static("/"));
