@@ -12,7 +12,8 @@
 //! target/release/examples/hyper_floor LISTEN UPSTREAM CLIENT_KEY UPSTREAM_KEY THREADS
 //! ```
 
-// A benchmark tool: it stops with a message on a bad command line or a failed bind.
+// A benchmark tool: it stops with a message on a bad command line or a failed bind (the
+// network's failures are 502s, as in the gateway).
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
 
 use std::cell::RefCell;
@@ -73,11 +74,9 @@ impl Thread {
         Some(pool.swap_remove(at))
     }
 
-    async fn connect(&self) -> hyper::Result<SendRequest<Incoming>> {
-        let stream = TcpStream::connect(self.upstream)
-            .await
-            .expect("connect to the upstream");
-        stream.set_nodelay(true).expect("TCP_NODELAY");
+    async fn connect(&self) -> Result<SendRequest<Incoming>, Box<dyn std::error::Error>> {
+        let stream = TcpStream::connect(self.upstream).await?;
+        stream.set_nodelay(true)?;
         let (sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::task::spawn_local(connection);
