@@ -1,16 +1,64 @@
 //! Per-client credit budgets (SPEC §7): `credit_budget` credits per UTC day or month. Once a
 //! client's period is spent it gets 402 until the period turns.
 //!
-//! Concurrency must not overshoot: before a call is forwarded, its expected cost (the last cost
-//! seen on its route, at least 1) is reserved; when the answer's `_meta` says what it really
-//! cost, the reservation settles to that. A reservation dropped unsettled (refused by the rate
-//! limiter, upstream unreachable, client gone) is released, so every path gives it back.
+//! A call's cost is known only from its answer, so before it is forwarded it reserves an
+//! estimate, and settles to the real cost when the answer's `_meta` says it. A reservation
+//! dropped unsettled (refused by the rate limiter, upstream unreachable, client gone) is
+//! released, so every path gives it back.
+//!
+//! **The estimate** is the highest cost among the last [`ESTIMATE_WINDOW`] answers on the call's
+//! route template, at least 1. The cost of one route varies from call to call (1 to 3 credits
+//! on some), so the last cost seen is often the lowest: reserving it lets a burst of calls go
+//! out that together cost well over what is left. The window counts answers, not time: a route
+//! that has been quiet for an hour still reserves what it cost, so the burst that follows is not
+//! under-reserved; a route whose price falls forgets the old price after [`ESTIMATE_WINDOW`]
+//! answers; and memory stays bounded (the router caps route templates). A route with no answer
+//! yet (a new route, or any route after a restart) has no estimate: it reserves 1, and its
+//! client's calls on it go one at a time until an answer says what it costs, so a burst on it
+//! cannot all go out under-reserved.
+//!
+//! **Admission** keeps `spent + reserved <= budget` for each client:
+//! - the estimate fits beside what the client's calls in flight hold: admitted at once;
+//! - it fits only alone (`spent + estimate <= budget`): what is left is held by calls in flight,
+//!   so the call waits for one of them to settle and checks again. Near the end of a budget
+//!   (less than two estimates left) calls then go one at a time. The wait is bounded by
+//!   `rate_limit.max_wait`, the longest a client already waits for a rate-limit slot; the call
+//!   is then refused with 429 and `Retry-After`, not 402: credits may well be left once the
+//!   calls in flight have answered, and clients retry a 429 but not a 402;
+//! - it does not fit even alone: 402 at once. Spend only grows within a period, so waiting
+//!   cannot help.
+//!
+//! **Worst case.** Every admission leaves `spent + reserved <= budget`, and settling a call
+//! changes `spent + reserved` by its real cost minus its reservation. So the budget is overshot
+//! only by calls that cost more than their estimate, and by at most what the calls in flight
+//! when the last one was admitted cost above their estimates, together. While costs stay within
+//! what each route's window has seen, that is nothing, however many calls race. A route's first
+//! calls go one at a time, so there it is at most one call's cost above 1. A route whose cost
+//! rises above everything in its window can be over by the excess of each of its calls then in
+//! flight.
+//!
+//! The waiting holds no lock across an await: it waits on the client's [`Notify`], which every
+//! release (and every reload) signals, and checks again under the lock. A waiting call holds
+//! nothing, so cancelling it (the client hangs up, `request_timeout`) leaks nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use crate::calendar::{self, now_ms, DAY_MS};
 use crate::config::{BudgetPeriod, Client, ClientId, Config};
+
+/// How many of a route's latest answers its estimate looks back over.
+pub const ESTIMATE_WINDOW: usize = 64;
+
+/// What a route never answered yet reserves while its first call is out.
+const UNKNOWN_ROUTE_ESTIMATE: u64 = 1;
+
+/// How long a call that waited in vain for its client's calls in flight is told to wait before
+/// retrying: those are upstream calls, which mostly answer within a second.
+const HELD_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// A cheap handle on every client's budget.
 #[derive(Clone, Default)]
@@ -21,8 +69,10 @@ pub struct Budgets {
 #[derive(Default)]
 struct Inner {
     clients: HashMap<ClientId, ClientBudget>,
-    /// The last cost seen per route template: what the next call on it is expected to cost.
-    expected: HashMap<Arc<str>, u64>,
+    /// The latest costs per route template: what the next call on it is expected to cost.
+    costs: HashMap<Arc<str>, RecentCosts>,
+    /// `rate_limit.max_wait`: how long a call may wait for its client's calls in flight.
+    max_wait: Duration,
 }
 
 struct ClientBudget {
@@ -33,13 +83,38 @@ struct ClientBudget {
     spent: u64,
     /// Credits held by calls in flight.
     reserved: u64,
+    /// Routes with no known cost on which one of this client's calls is out.
+    probing: HashSet<Arc<str>>,
+    /// Signalled whenever one of this client's reservations is settled or released, for the
+    /// calls waiting for room. Kept across reloads, so a waiter is never left on a stale one.
+    released: Arc<Notify>,
 }
 
-/// Why a call was refused: its client's period is spent.
+/// The costs of a route's latest answers, at most [`ESTIMATE_WINDOW`].
+#[derive(Default)]
+struct RecentCosts {
+    costs: VecDeque<u64>,
+    /// The highest of `costs`.
+    highest: u64,
+}
+
+impl RecentCosts {
+    fn record(&mut self, cost: u64) {
+        if self.costs.len() == ESTIMATE_WINDOW {
+            self.costs.pop_front();
+        }
+        self.costs.push_back(cost);
+        self.highest = self.costs.iter().copied().max().unwrap_or(0);
+    }
+}
+
+/// Why a call was refused with 402: its client's period cannot cover it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exhausted {
     pub spent: u64,
     pub budget: u64,
+    /// What the call was expected to cost.
+    pub estimate: u64,
     /// When the period turns (ms since the epoch).
     pub resets_at_ms: i64,
     pub period: BudgetPeriod,
@@ -53,12 +128,23 @@ impl std::fmt::Display for Exhausted {
         };
         write!(
             f,
-            "{} of {} credits spent {period}; the budget resets at {}",
+            "{} of {} credits spent {period}, and a call on this route may cost {}; the budget resets at {}",
             self.spent,
             self.budget,
+            self.estimate,
             calendar::format_utc(self.resets_at_ms)
         )
     }
+}
+
+/// Why a call is not admitted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The period cannot cover the call's estimate: 402 until it turns.
+    Exhausted(Exhausted),
+    /// The budget could cover the call, but what is left is held by the client's calls in
+    /// flight: it may be admitted once they settle (429, retry after this long).
+    Held { retry_after: Duration },
 }
 
 /// Credits held for one call in flight. Settle it with the call's real cost; dropped unsettled,
@@ -68,6 +154,8 @@ pub struct Reservation {
     client: ClientId,
     route: Arc<str>,
     amount: u64,
+    /// The first call out on a route with no known cost.
+    probe: bool,
     period_start: i64,
     settled: Mutex<bool>,
 }
@@ -90,17 +178,22 @@ impl Budgets {
     ) {
         let mut restored: HashMap<i64, HashMap<String, u64>> = HashMap::new();
         let mut inner = lock(&self.inner);
+        inner.max_wait = config.rate_limit.max_wait;
         let mut clients = HashMap::new();
         for client in &config.clients.clients {
             let Some(limit) = client.credit_budget else {
                 continue;
             };
             let period_start = period_start(client.budget_period, now_ms);
-            let (spent, reserved) = match inner.clients.remove(&client.id) {
+            let old = inner.clients.remove(&client.id);
+            let released = old
+                .as_ref()
+                .map_or_else(Arc::default, |old| Arc::clone(&old.released));
+            let (spent, reserved, probing) = match old {
                 Some(old)
                     if old.period == client.budget_period && old.period_start == period_start =>
                 {
-                    (old.spent, old.reserved)
+                    (old.spent, old.reserved, old.probing)
                 }
                 _ => {
                     let spent = restored
@@ -109,7 +202,7 @@ impl Budgets {
                         .get(client.id.as_str())
                         .copied()
                         .unwrap_or(0);
-                    (spent, 0)
+                    (spent, 0, HashSet::new())
                 }
             };
             clients.insert(
@@ -120,47 +213,119 @@ impl Budgets {
                     period_start,
                     spent,
                     reserved,
+                    probing,
+                    released,
                 },
             );
         }
+        // Waiting calls check again: a budget may have grown, or gone (then they wait no more).
+        let waiters: Vec<Arc<Notify>> = inner
+            .clients
+            .values()
+            .chain(clients.values())
+            .map(|budget| Arc::clone(&budget.released))
+            .collect();
         inner.clients = clients;
+        drop(inner);
+        for released in waiters {
+            released.notify_waiters();
+        }
     }
 
-    /// Reserves the expected cost of a call on `route`; `Ok(None)` for a client without budget.
+    /// Reserves the estimated cost of a call on `route` if it can be admitted now; `Ok(None)`
+    /// for a client without budget.
     pub fn reserve(
         &self,
         client: &Client,
         route: &Arc<str>,
-    ) -> Result<Option<Reservation>, Exhausted> {
-        self.reserve_at(client, route, now_ms())
+    ) -> Result<Option<Reservation>, Refusal> {
+        self.admit_at(client, route, now_ms())
     }
 
-    fn reserve_at(
+    /// [`Self::reserve`], waiting up to `rate_limit.max_wait` for the client's calls in flight
+    /// to make room when they hold what is left. Cancel-safe: nothing is held until it returns.
+    pub async fn reserve_waiting(
+        &self,
+        client: &Client,
+        route: &Arc<str>,
+    ) -> Result<Option<Reservation>, Refusal> {
+        let max_wait = lock(&self.inner).max_wait;
+        self.reserve_within(client, route, max_wait).await
+    }
+
+    async fn reserve_within(
+        &self,
+        client: &Client,
+        route: &Arc<str>,
+        wait: Duration,
+    ) -> Result<Option<Reservation>, Refusal> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let Some(signal) = self.released_signal(&client.id) else {
+                return Ok(None);
+            };
+            let released = signal.notified();
+            tokio::pin!(released);
+            // Registered before checking, so a release between the check and the wait is seen.
+            released.as_mut().enable();
+            match self.reserve(client, route) {
+                Err(Refusal::Held { .. }) => {}
+                done => return done,
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return self.reserve(client, route);
+            }
+        }
+    }
+
+    fn released_signal(&self, client: &ClientId) -> Option<Arc<Notify>> {
+        let inner = lock(&self.inner);
+        inner
+            .clients
+            .get(client)
+            .map(|budget| Arc::clone(&budget.released))
+    }
+
+    fn admit_at(
         &self,
         client: &Client,
         route: &Arc<str>,
         now_ms: i64,
-    ) -> Result<Option<Reservation>, Exhausted> {
+    ) -> Result<Option<Reservation>, Refusal> {
         let mut inner = lock(&self.inner);
-        let amount = inner.expected.get(route).copied().unwrap_or(1).max(1);
+        let known = inner.costs.get(route).map(|costs| costs.highest.max(1));
         let Some(budget) = inner.clients.get_mut(&client.id) else {
             return Ok(None);
         };
         budget.roll(now_ms);
-        if budget.spent + budget.reserved + amount > budget.limit {
-            return Err(Exhausted {
+        let amount = known.unwrap_or(UNKNOWN_ROUTE_ESTIMATE);
+        if budget.spent + amount > budget.limit {
+            return Err(Refusal::Exhausted(Exhausted {
                 spent: budget.spent,
                 budget: budget.limit,
+                estimate: amount,
                 resets_at_ms: period_end(budget.period, budget.period_start),
                 period: budget.period,
+            }));
+        }
+        let probe = known.is_none();
+        if budget.spent + budget.reserved + amount > budget.limit
+            || (probe && budget.probing.contains(route))
+        {
+            return Err(Refusal::Held {
+                retry_after: HELD_RETRY_AFTER,
             });
         }
         budget.reserved += amount;
+        if probe {
+            budget.probing.insert(Arc::clone(route));
+        }
         Ok(Some(Reservation {
             budgets: self.clone(),
             client: client.id.clone(),
             route: Arc::clone(route),
             amount,
+            probe,
             period_start: budget.period_start,
             settled: Mutex::new(false),
         }))
@@ -178,20 +343,28 @@ impl Budgets {
         let mut inner = lock(&self.inner);
         if let Some(cost) = cost {
             inner
-                .expected
-                .insert(Arc::clone(&reservation.route), cost.max(1));
+                .costs
+                .entry(Arc::clone(&reservation.route))
+                .or_default()
+                .record(cost);
         }
         let Some(budget) = inner.clients.get_mut(&reservation.client) else {
             return;
         };
         if budget.period_start == reservation.period_start {
             budget.reserved = budget.reserved.saturating_sub(reservation.amount);
+            if reservation.probe {
+                budget.probing.remove(&reservation.route);
+            }
             budget.spent += cost.unwrap_or(0);
         } else if let Some(cost) = cost {
             // The period turned while the call was in flight: charge the new one.
             budget.roll(now_ms());
             budget.spent += cost;
         }
+        let released = Arc::clone(&budget.released);
+        drop(inner);
+        released.notify_waiters();
     }
 }
 
@@ -202,6 +375,7 @@ impl ClientBudget {
             self.period_start = start;
             self.spent = 0;
             self.reserved = 0;
+            self.probing.clear();
         }
     }
 }
@@ -270,21 +444,36 @@ mod tests {
         Arc::from("PUT /api/fansly/{account}/tracking-links/{id}")
     }
 
+    /// Calls on `route()` answered one after the other at `costs`, so that the route is known.
+    fn answered(budgets: &Budgets, client: &Client, costs: &[u64]) {
+        for &cost in costs {
+            let call = budgets.reserve(client, &route()).ok().flatten().unwrap();
+            call.settle(cost);
+        }
+    }
+
+    fn is_held(result: &Result<Option<Reservation>, Refusal>) -> bool {
+        matches!(result, Err(Refusal::Held { .. }))
+    }
+
     #[test]
     fn reservations_cannot_overshoot_the_budget() {
         let config = config(10, "month");
         let budgets = Budgets::new(&config, |_| HashMap::new());
         let client = &config.clients.clients[0];
+        answered(&budgets, client, &[1]);
         let held: Vec<_> = (0..50)
             .filter_map(|_| budgets.reserve(client, &route()).ok().flatten())
             .collect();
-        assert_eq!(held.len(), 10);
+        assert_eq!(held.len(), 9);
         for reservation in &held {
             reservation.settle(1);
         }
         drop(held);
         assert_eq!(budgets.status(&client.id), Some((10, 0)));
-        let refused = budgets.reserve(client, &route()).err().unwrap();
+        let Err(Refusal::Exhausted(refused)) = budgets.reserve(client, &route()) else {
+            panic!("a spent budget refuses with 402");
+        };
         assert_eq!((refused.spent, refused.budget), (10, 10));
     }
 
@@ -300,25 +489,200 @@ mod tests {
         assert_eq!(budgets.status(&client.id), Some((0, 2)));
     }
 
+    /// The report: a route that cost 1, 3, 2, 1, then 32 calls racing for a budget of 40, each
+    /// admitted one held in flight until they all answer, at costs between 1 and 3.
     #[test]
-    fn the_expected_cost_is_learned_per_route() {
-        let config = config(100, "month");
+    fn varying_costs_cannot_overshoot_the_budget_however_many_calls_race() {
+        let config = config(40, "month");
         let budgets = Budgets::new(&config, |_| HashMap::new());
         let client = &config.clients.clients[0];
-        budgets
-            .reserve(client, &route())
-            .unwrap()
-            .unwrap()
-            .settle(40);
-        let next = budgets.reserve(client, &route()).unwrap().unwrap();
-        assert_eq!(next.amount(), 40);
+        answered(&budgets, client, &[1, 3, 2, 1]);
+        let mut charged = 7;
+        let mut costs = [3, 2, 1].into_iter().cycle();
+        let mut admitted = 0;
+        loop {
+            let held: Vec<_> = (0..32)
+                .filter_map(|_| budgets.reserve(client, &route()).ok().flatten())
+                .collect();
+            if held.is_empty() {
+                break;
+            }
+            for call in held {
+                let cost = costs.next().unwrap_or(3);
+                call.settle(cost);
+                charged += cost;
+                admitted += 1;
+            }
+        }
+        assert!(charged <= 40, "{admitted} calls admitted charged {charged}");
+        assert_eq!(budgets.status(&client.id), Some((charged, 40 - charged)));
+    }
+
+    #[test]
+    fn the_estimate_is_the_highest_cost_among_the_routes_latest_answers() {
+        let config = config(1_000_000, "month");
+        let budgets = Budgets::new(&config, |_| HashMap::new());
+        let client = &config.clients.clients[0];
+        let estimate = || {
+            budgets
+                .reserve(client, &route())
+                .ok()
+                .flatten()
+                .unwrap()
+                .amount()
+        };
+        answered(&budgets, client, &[1, 3, 2, 1]);
+        assert_eq!(estimate(), 3);
+        answered(&budgets, client, &[1; ESTIMATE_WINDOW - 3]);
+        assert_eq!(estimate(), 3, "the 3 is still among the latest answers");
+        answered(&budgets, client, &[1]);
+        assert_eq!(estimate(), 2, "the 3 has left the window");
+        answered(&budgets, client, &[0; ESTIMATE_WINDOW]);
+        assert_eq!(
+            estimate(),
+            1,
+            "at least 1, even on a route that costs nothing"
+        );
+        answered(&budgets, client, &[40]);
+        assert_eq!(estimate(), 40);
         let other = budgets
             .reserve(client, &Arc::from("GET /api/whoami"))
             .unwrap()
             .unwrap();
-        assert_eq!(other.amount(), 1);
-        // 40 spent + 40 + 1 held: another 40 would pass 100.
-        assert!(budgets.reserve(client, &route()).is_err());
+        assert_eq!(other.amount(), 1, "costs are learned per route");
+    }
+
+    /// After a restart or on a new route nothing says what a call costs: it reserves 1, and a
+    /// burst goes out one call at a time until the first answer says.
+    #[test]
+    fn calls_on_a_route_never_answered_go_one_at_a_time_until_its_cost_is_known() {
+        let config = config(10, "month");
+        let budgets = Budgets::new(&config, |_| HashMap::new());
+        let client = &config.clients.clients[0];
+        let burst = || -> Vec<Reservation> {
+            (0..10)
+                .filter_map(|_| budgets.reserve(client, &route()).ok().flatten())
+                .collect()
+        };
+        let first = burst();
+        assert_eq!(first.len(), 1, "one call finds out what the route costs");
+        assert_eq!(first[0].amount(), 1);
+        assert!(is_held(&budgets.reserve(client, &route())));
+        let other_route = Arc::from("GET /api/whoami");
+        let other = budgets.reserve(client, &other_route).unwrap().unwrap();
+        drop(first);
+        let after_a_failure = burst();
+        assert_eq!(after_a_failure.len(), 1, "a failed call taught nothing");
+        after_a_failure[0].settle(3);
+        drop(after_a_failure);
+        // 3 spent, 1 held by the other route's call: two calls at 3 fit beside it.
+        assert_eq!(burst().len(), 2);
+        drop(other);
+    }
+
+    #[test]
+    fn a_call_the_budget_cannot_cover_even_alone_is_refused_at_once() {
+        let config = config(5, "month");
+        let budgets = Budgets::new(&config, |_| HashMap::new());
+        let client = &config.clients.clients[0];
+        answered(&budgets, client, &[3]);
+        let Err(Refusal::Exhausted(refused)) = budgets.reserve(client, &route()) else {
+            panic!("3 spent of 5 cannot cover a call estimated at 3");
+        };
+        assert_eq!((refused.spent, refused.estimate), (3, 3));
+        assert!(refused.to_string().contains("may cost 3"), "{refused}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_call_is_admitted_when_the_calls_in_flight_settle_or_refused_after_the_wait() {
+        let config = config(9, "month");
+        let budgets = Budgets::new(&config, |_| HashMap::new());
+        let client = Arc::clone(&config.clients.clients[0]);
+        answered(&budgets, &client, &[3]);
+        let a = budgets.reserve(&client, &route()).unwrap().unwrap();
+        let b = budgets.reserve(&client, &route()).unwrap().unwrap();
+        assert!(is_held(&budgets.reserve(&client, &route())));
+
+        let waiting = {
+            let (budgets, client) = (budgets.clone(), Arc::clone(&client));
+            tokio::spawn(async move {
+                budgets
+                    .reserve_within(&client, &route(), Duration::from_secs(5))
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        a.settle(1);
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "4 spent + 3 held + 3 > 9: still waiting"
+        );
+        b.settle(2);
+        let c = waiting.await.unwrap().unwrap().unwrap();
+        assert_eq!(c.amount(), 3);
+        assert_eq!(budgets.status(&client.id), Some((6, 3)));
+
+        let started = tokio::time::Instant::now();
+        let refused = budgets
+            .reserve_within(&client, &route(), Duration::from_secs(2))
+            .await;
+        assert!(is_held(&refused), "still held after the wait");
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+
+        // A waiter cancelled (its client hung up) holds nothing.
+        let template = route();
+        let cancelled = budgets.reserve_within(&client, &template, Duration::from_secs(60));
+        assert!(tokio::time::timeout(Duration::from_secs(1), cancelled)
+            .await
+            .is_err());
+        drop(c);
+        assert_eq!(budgets.status(&client.id), Some((6, 3)));
+        assert_eq!(
+            budgets
+                .reserve(&client, &route())
+                .unwrap()
+                .unwrap()
+                .amount(),
+            3,
+            "the released reservation and the cancelled waiter leave room for one more"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_call_checks_again_when_the_budgets_are_reloaded() {
+        let config = config(6, "month");
+        let budgets = Budgets::new(&config, |_| HashMap::new());
+        let client = Arc::clone(&config.clients.clients[0]);
+        answered(&budgets, &client, &[3]);
+        let _in_flight = budgets.reserve(&client, &route()).unwrap().unwrap();
+        let wait = |budgets: &Budgets| {
+            let (budgets, client) = (budgets.clone(), Arc::clone(&client));
+            tokio::spawn(async move {
+                budgets
+                    .reserve_within(&client, &route(), Duration::from_secs(60))
+                    .await
+            })
+        };
+        let started = tokio::time::Instant::now();
+        let waiting = wait(&budgets);
+        tokio::task::yield_now().await;
+        budgets.reconfigure(&self::config(9, "month"), now_ms(), |_| HashMap::new());
+        let admitted = waiting.await.unwrap().ok().flatten();
+        assert_eq!(
+            admitted.as_ref().map(Reservation::amount),
+            Some(3),
+            "9 covers 3 + 3 + 3"
+        );
+
+        let waiting = wait(&budgets);
+        tokio::task::yield_now().await;
+        let mut without = self::config(9, "month");
+        without.clients = crate::config::ClientRegistry::new(Vec::new());
+        budgets.reconfigure(&without, now_ms(), |_| HashMap::new());
+        let unbudgeted = waiting.await.unwrap();
+        assert!(matches!(unbudgeted, Ok(None)), "no budget any more");
+        assert_eq!(started.elapsed(), Duration::ZERO, "woken by the reloads");
     }
 
     #[test]
@@ -328,10 +692,10 @@ mod tests {
         let client = &config.clients.clients[0];
         assert_eq!(budgets.status(&client.id), Some((9, 1)));
         let tomorrow = now_ms() + DAY_MS;
-        let _held = budgets.reserve_at(client, &route(), now_ms()).unwrap();
-        assert!(budgets.reserve_at(client, &route(), now_ms()).is_err());
+        let _held = budgets.admit_at(client, &route(), now_ms()).ok().unwrap();
+        assert!(budgets.admit_at(client, &route(), now_ms()).is_err());
         assert!(
-            budgets.reserve_at(client, &route(), tomorrow).is_ok(),
+            budgets.admit_at(client, &route(), tomorrow).is_ok(),
             "a new day, a new budget"
         );
     }

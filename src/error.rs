@@ -28,10 +28,12 @@ pub enum GatewayError {
     UnsupportedMediaType,
     /// 422: validated route, bad fields; `(field, messages)` in a stable order.
     ValidationFailed(Vec<(String, Vec<String>)>),
-    /// 429: client limit or upstream budget; the client may retry after this long.
+    /// 429: client limit, upstream budget, or a credit budget held by calls in flight; the
+    /// client may retry after this long.
     RateLimited {
         retry_after: Duration,
-        /// `client` or `upstream`: whose limit it was.
+        /// `client` or `upstream`: whose limit it was; `budget`: what is left of the client's
+        /// credit budget is held by its calls in flight.
         scope: &'static str,
         /// Where the client stands, for the `RateLimit-*` headers.
         status: Option<crate::limiter::RateLimitStatus>,
@@ -104,6 +106,12 @@ impl GatewayError {
                 }
                 _ => "Validation failed: the given data was invalid.".into(),
             },
+            Self::RateLimited {
+                retry_after, scope, ..
+            } if *scope == "budget" => format!(
+                "Too many requests: what is left of the client's credit budget is held by its calls in flight; retry after {} ms.",
+                retry_after.as_millis().max(1)
+            ),
             Self::RateLimited {
                 retry_after, scope, ..
             } => format!(

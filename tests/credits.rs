@@ -13,6 +13,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -963,6 +964,235 @@ async fn budget_reservations_are_released_when_the_upstream_fails() {
         }
         expected.extend([(200, Some(1)); 3]);
         assert_eq!(statuses, expected, "{rows:?}");
+    })
+    .await
+}
+
+/// A tracking-link answer whose `_meta` says it cost `used` credits, leaving `balance`.
+fn answer_costing(used: u64, balance: u64) -> String {
+    format!(
+        r#"{{"data":{{"id":"{TRACKING_LINK_ID}","label":"budgeted"}},"_meta":{{"_credits":{{"used":{used},"balance":{balance},"note":"Always"}},"_cache":{{"is_cached":false,"note":"Cache disabled for this endpoint"}}}}}}"#
+    )
+}
+
+/// An upstream whose costs vary, and what it has charged so far. A call says what it costs in
+/// `x-test-credits`, and is held until `gate` opens if it has `x-test-hold`; a call with neither
+/// is part of a burst: held, and charged the next of `burst_costs` in the order calls arrive (3
+/// once they run out).
+async fn varying_cost_upstream(gate: &Gate, burst_costs: &[u64]) -> (MockUpstream, Arc<AtomicU64>) {
+    let charged = Arc::new(AtomicU64::new(0));
+    let arrivals = AtomicUsize::new(0);
+    let (held, costs, total) = (gate.clone(), burst_costs.to_vec(), Arc::clone(&charged));
+    let mock = MockUpstream::start(move |req| {
+        let said = req.header("x-test-credits").and_then(|c| c.parse().ok());
+        let (cost, hold) = match said {
+            Some(cost) => (cost, req.header("x-test-hold").is_some()),
+            None => {
+                let n = arrivals.fetch_add(1, Ordering::SeqCst);
+                (costs.get(n).copied().unwrap_or(3), true)
+            }
+        };
+        let charged = total.fetch_add(cost, Ordering::SeqCst) + cost;
+        let reply = Reply::json(200, &answer_costing(cost, START_BALANCE - charged));
+        if hold {
+            reply.gated(&held)
+        } else {
+            reply
+        }
+    })
+    .await;
+    (mock, charged)
+}
+
+/// A tracking-link update as alpha, with the test's headers for [`varying_cost_upstream`].
+async fn put_as_alpha(http: &HttpClient, gw: &Gateway, headers: &[(&str, &str)]) -> Resp {
+    let mut builder = request("PUT", &url(gw, &tracking_link_path(ACCOUNT)))
+        .header("authorization", bearer(ALPHA_KEY))
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    http.send(builder.body(full_body(r#"{"label":"budgeted"}"#)).unwrap())
+        .await
+        .unwrap()
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed) on the gateway's
+/// `/metrics`.
+async fn metric(http: &HttpClient, gw: &Gateway, series: &str) -> Option<f64> {
+    let text = http
+        .get(&format!("http://{}/metrics", gw.admin_addr), None)
+        .await
+        .text();
+    text.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().unwrap())
+    })
+}
+
+const ALPHA_SPENT: &str = r#"ofapi_gateway_budget_spent_credits{client="alpha"}"#;
+const ALPHA_REMAINING: &str = r#"ofapi_gateway_budget_remaining_credits{client="alpha"}"#;
+
+/// Returns once alpha's budget metric says `spent` (the meter settles a call as its body ends,
+/// which may be just after the client has read it).
+async fn until_alpha_spent(http: &HttpClient, gw: &Gateway, spent: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = metric(http, gw, ALPHA_SPENT).await;
+        if now == Some(spent as f64) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alpha's spend stays at {now:?}, not {spent}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The report: a budget of 40, a route that has cost 1, 3, 2 and 1, then 32 calls at once, each
+/// held at the upstream. A call reserves the highest cost its route had lately (3), so 11 go out
+/// at once; the others wait for them to answer, one more then fits, and the rest get 402. The
+/// upstream charges at most the budget, and the ledger and the budget metric say what it charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_budget_is_not_overshot_when_costs_vary_and_many_calls_race() {
+    let _shared = MEMORY.read().await;
+    bounded(60, async {
+        // In the order calls reach the upstream: the 11 that 40 - 7 credits cover at 3 each
+        // cost 29 together, so the 12th (2) fits once they have answered and a 13th does not.
+        let burst_costs = [3, 3, 1, 3, 3, 3, 1, 3, 3, 3, 3, 2, 1, 2, 1, 2, 1];
+        let gate = Gate::new();
+        let (mock, charged) = varying_cost_upstream(&gate, &burst_costs).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = with_budget(
+            build_config(&mock.base_url(), Options::default(), dir.path()),
+            "alpha",
+            40,
+        );
+        // Long enough that no waiting call gives up on a loaded machine.
+        config.rate_limit.max_wait = Duration::from_secs(15);
+        let gw = Arc::new(start(config).await);
+        let http = HttpClient::http1();
+
+        for cost in ["1", "3", "2", "1"] {
+            let resp = put_as_alpha(&http, &gw, &[("x-test-credits", cost)]).await;
+            assert_eq!(resp.status, 200, "{}", resp.text());
+        }
+        until_alpha_spent(&http, &gw, 7).await;
+
+        let mut calls = JoinSet::new();
+        for _ in 0..32 {
+            let (http, gw) = (http.clone(), gw.clone());
+            calls.spawn(async move { put_as_alpha(&http, &gw, &[]).await });
+        }
+        mock.wait_for_count(4 + 11).await;
+        gate.open();
+        let (mut ok, mut refused) = (0, 0);
+        while let Some(resp) = calls.join_next().await {
+            let resp = resp.unwrap();
+            if resp.status == 200 {
+                ok += 1;
+            } else {
+                assert_gateway_error(&resp, 402, "budget_exceeded");
+                refused += 1;
+            }
+        }
+        let charged = charged.load(Ordering::SeqCst);
+        assert!(
+            charged <= 40,
+            "the upstream charged {charged} for a budget of 40 ({ok} of 32 calls admitted)"
+        );
+        assert_eq!((ok, refused, charged), (12, 20, 38));
+        assert_eq!(mock.count(), 4 + 12, "calls that reached the upstream");
+
+        until_alpha_spent(&http, &gw, charged).await;
+        assert_eq!(
+            metric(&http, &gw, ALPHA_REMAINING).await,
+            Some((40 - charged) as f64)
+        );
+        let used = r#"ofapi_gateway_credits_used_total{client="alpha",route="PUT /api/fansly/{account}/tracking-links/{id}"}"#;
+        assert_eq!(metric(&http, &gw, used).await, Some(charged as f64));
+        drop(http);
+        Arc::into_inner(gw).expect("sole owner").shutdown().await;
+
+        let rows = ledger_rows(&dir.path().join("ledger.sqlite"));
+        assert_eq!(rows.len(), 4 + 12, "one row per forwarded call: {rows:?}");
+        assert!(rows.iter().all(|r| r.client == "alpha" && r.status == 200), "{rows:?}");
+        let in_ledger: u64 = rows.iter().map(|r| r.credits_used.unwrap()).sum();
+        assert_eq!(in_ledger, charged, "{rows:?}");
+    })
+    .await
+}
+
+/// A call whose estimate the budget covers, but not beside the calls in flight, waits for them
+/// at most `rate_limit.max_wait`, then gets 429 with `Retry-After` (credits may be left once
+/// they answer: not 402) and never reaches the upstream. Once they have answered, a call that
+/// fits goes out, and the next, which the budget cannot cover, gets 402.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_budget_covers_only_after_the_calls_in_flight_waits_then_gets_429() {
+    let _shared = MEMORY.read().await;
+    bounded(60, async {
+        let gate = Gate::new();
+        let (mock, charged) = varying_cost_upstream(&gate, &[]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = with_budget(
+            build_config(&mock.base_url(), Options::default(), dir.path()),
+            "alpha",
+            8,
+        );
+        config.rate_limit.max_wait = Duration::from_millis(300);
+        let gw = Arc::new(start(config).await);
+        let http = HttpClient::http1();
+
+        // The route costs 3: spent 3 of 8.
+        let resp = put_as_alpha(&http, &gw, &[("x-test-credits", "3")]).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        until_alpha_spent(&http, &gw, 3).await;
+        // One call in flight holds 3 more; the next would need 3 beside it: 9 > 8.
+        let in_flight = {
+            let (http, gw) = (http.clone(), gw.clone());
+            tokio::spawn(async move {
+                put_as_alpha(&http, &gw, &[("x-test-credits", "2"), ("x-test-hold", "1")]).await
+            })
+        };
+        mock.wait_for_count(2).await;
+        let started = Instant::now();
+        let resp = put_as_alpha(&http, &gw, &[("x-test-credits", "1")]).await;
+        let waited = started.elapsed();
+        let body = assert_gateway_error(&resp, 429, "rate_limited");
+        assert!(
+            resp.header("retry-after").is_some(),
+            "{}",
+            resp.everything()
+        );
+        assert!(
+            resp.header("retry-after-ms").is_some(),
+            "{}",
+            resp.everything()
+        );
+        assert!(
+            body["error"].as_str().unwrap().contains("budget"),
+            "says why: {body}"
+        );
+        assert!(waited >= Duration::from_millis(300), "waited {waited:?}");
+        assert_eq!(mock.count(), 2, "the waiting call was not forwarded");
+        let limited = r#"ofapi_gateway_rate_limited_total{client="alpha",scope="budget"}"#;
+        assert_eq!(metric(&http, &gw, limited).await, Some(1.0));
+
+        gate.open();
+        assert_eq!(in_flight.await.unwrap().status, 200);
+        until_alpha_spent(&http, &gw, 5).await;
+        // 5 spent: a call at 3 fits, alone.
+        let resp = put_as_alpha(&http, &gw, &[("x-test-credits", "1")]).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        until_alpha_spent(&http, &gw, 6).await;
+        // 6 spent: 3 more would pass 8.
+        let resp = put_as_alpha(&http, &gw, &[("x-test-credits", "1")]).await;
+        assert_gateway_error(&resp, 402, "budget_exceeded");
+        assert_eq!(mock.count(), 3);
+        assert_eq!(charged.load(Ordering::SeqCst), 6);
+        drop(http);
+        Arc::into_inner(gw).expect("sole owner").shutdown().await;
     })
     .await
 }
