@@ -1,6 +1,6 @@
 //! Authorization: the client's `allow` route patterns and `accounts` scope (403), then its credit
-//! budget (402): the call's expected cost is reserved here and travels on in the request's
-//! extensions until the meter settles it. Runs after authentication and routing, before anything
+//! budget (402, or 503 while what it spent cannot be read from the ledger): the call's expected
+//! cost is reserved here and travels on in the request's extensions until the meter settles it. Runs after authentication and routing, before anything
 //! reads the body or spends a credit.
 //!
 //! The `accounts` scope applies to paths that name an account; team paths such as
@@ -87,6 +87,9 @@ where
                     client.id
                 )));
             }
+        }
+        if self.budgets.is_unread(&client.id) {
+            return reject(GatewayError::BudgetUnreadable);
         }
         let reservation = match self.budgets.reserve(client, &route.template) {
             Ok(reservation) => reservation,
