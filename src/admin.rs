@@ -2,7 +2,8 @@
 //!
 //! - `/healthz`: the process is up.
 //! - `/readyz`: ready to forward: the upstream key is loaded, the gateway is not shutting down,
-//!   and the ledger (when there is one) is writable; otherwise 503 with the reason.
+//!   the ledger (when there is one) is writable, and every credit budget's spend could be read
+//!   from it; otherwise 503 with the reason.
 //! - `/metrics`: the Prometheus metrics, OpenMetrics text.
 //! - `/usage?since=24h&by=client&format=json`: credit spend from the ledger file, as the `usage`
 //!   command reports it (`format` also `csv` or `table`). Rows reach the file in batches, so a
@@ -23,6 +24,7 @@ use subtle::ConstantTimeEq;
 use tower::Service;
 
 use crate::body::{full, Body};
+use crate::budget::Budgets;
 use crate::ledger::{self, Format, GroupBy, Ledger, LedgerHealth};
 use crate::metrics::{self, Metrics};
 use crate::stack::SharedConfig;
@@ -37,6 +39,8 @@ pub struct AdminState {
     pub metrics: Metrics,
     /// The ledger `/usage` reads and `/readyz` watches; `None`: `/usage` answers 503.
     pub ledger: Option<Ledger>,
+    /// The credit budgets, whose spend `/readyz` needs read from the ledger.
+    pub budgets: Option<Budgets>,
 }
 
 pub fn service(
@@ -99,6 +103,12 @@ fn readyz(state: &AdminState) -> Response<Body> {
     }
     if let Some(LedgerHealth::Failing { reason }) = state.ledger.as_ref().map(Ledger::health) {
         return unavailable(&format!("ledger: {reason}"));
+    }
+    if let Some(reason) = state.budgets.as_ref().and_then(Budgets::unread_reason) {
+        return unavailable(&format!(
+            "budgets: what budgeted clients spent this period cannot be read from the ledger \
+             (they are refused until it can): {reason}"
+        ));
     }
     json(StatusCode::OK, r#"{"status":"ready"}"#.into())
 }

@@ -40,12 +40,20 @@
 //! The waiting holds no lock across an await: it waits on the client's [`Notify`], which every
 //! release (and every reload) signals, and checks again under the lock. A waiting call holds
 //! nothing, so cancelling it (the client hangs up, `request_timeout`) leaks nothing.
+//!
+//! Counters add with saturation: no figure can wrap a spent budget back to a small one.
+//!
+//! What a client already spent in its period is read from the ledger at start and on reload. A
+//! client whose spend cannot be read is not started at 0 (that would hand a spent budget out
+//! again): it is *unread*, refused until [`restore_until_read`] reads the ledger again, while
+//! clients without a budget are served as usual.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::calendar::{self, now_ms, DAY_MS};
 use crate::config::{BudgetPeriod, Client, ClientId, Config};
@@ -64,6 +72,7 @@ const HELD_RETRY_AFTER: Duration = Duration::from_secs(1);
 #[derive(Clone, Default)]
 pub struct Budgets {
     inner: Arc<Mutex<Inner>>,
+    unread: Arc<UnreadSignal>,
 }
 
 #[derive(Default)]
@@ -73,7 +82,24 @@ struct Inner {
     costs: HashMap<Arc<str>, RecentCosts>,
     /// `rate_limit.max_wait`: how long a call may wait for its client's calls in flight.
     max_wait: Duration,
+    /// Budgeted clients whose spend in their current period could not be read from the ledger.
+    unread: HashSet<ClientId>,
+    /// Why the last read failed, while `unread` is not empty.
+    unread_reason: Option<String>,
 }
+
+/// Lets the request path skip the lock while every budget is read, and wakes the task that
+/// retries the ledger when a budget becomes unread.
+#[derive(Default)]
+struct UnreadSignal {
+    /// Mirrors `!Inner::unread.is_empty()`; written under the lock.
+    any: AtomicBool,
+    became_unread: Notify,
+}
+
+/// Credits spent per client name since a moment, as read from the ledger; `Err` says why it
+/// could not be read.
+pub type PastSpend = Result<HashMap<String, u64>, String>;
 
 struct ClientBudget {
     limit: u64,
@@ -164,8 +190,14 @@ impl Budgets {
     /// Budgets for the configured clients, with what each already spent in its current period
     /// (from the ledger: `spent_in_period(start)` gives credits per client since `start`).
     pub fn new(config: &Config, spent_since: impl Fn(i64) -> HashMap<String, u64>) -> Self {
+        Self::reading(config, |since| Ok(spent_since(since)))
+    }
+
+    /// [`Budgets::new`] from a ledger read that may fail: the budgeted clients whose spend
+    /// cannot be read are unread (refused) until [`Budgets::restore`] succeeds.
+    pub fn reading(config: &Config, spent_since: impl Fn(i64) -> PastSpend) -> Self {
         let budgets = Self::default();
-        budgets.reconfigure(config, now_ms(), spent_since);
+        budgets.reconfigure_reading(config, now_ms(), spent_since);
         budgets
     }
 
@@ -176,10 +208,22 @@ impl Budgets {
         now_ms: i64,
         spent_since: impl Fn(i64) -> HashMap<String, u64>,
     ) {
-        let mut restored: HashMap<i64, HashMap<String, u64>> = HashMap::new();
+        self.reconfigure_reading(config, now_ms, |since| Ok(spent_since(since)));
+    }
+
+    /// [`Budgets::reconfigure`] from a ledger read that may fail (see [`Budgets::reading`]).
+    pub fn reconfigure_reading(
+        &self,
+        config: &Config,
+        now_ms: i64,
+        spent_since: impl Fn(i64) -> PastSpend,
+    ) {
+        let mut restored: HashMap<i64, PastSpend> = HashMap::new();
         let mut inner = lock(&self.inner);
         inner.max_wait = config.rate_limit.max_wait;
         let mut clients = HashMap::new();
+        let mut unread = HashSet::new();
+        let mut failure = None;
         for client in &config.clients.clients {
             let Some(limit) = client.credit_budget else {
                 continue;
@@ -193,17 +237,26 @@ impl Budgets {
                 Some(old)
                     if old.period == client.budget_period && old.period_start == period_start =>
                 {
+                    if inner.unread.contains(&client.id) {
+                        unread.insert(client.id.clone());
+                    }
                     (old.spent, old.reserved, old.probing)
                 }
-                _ => {
-                    let spent = restored
-                        .entry(period_start)
-                        .or_insert_with(|| spent_since(period_start))
-                        .get(client.id.as_str())
-                        .copied()
-                        .unwrap_or(0);
-                    (spent, 0, HashSet::new())
-                }
+                _ => match restored
+                    .entry(period_start)
+                    .or_insert_with(|| spent_since(period_start))
+                {
+                    Ok(spent) => (
+                        spent.get(client.id.as_str()).copied().unwrap_or(0),
+                        0,
+                        HashSet::new(),
+                    ),
+                    Err(reason) => {
+                        unread.insert(client.id.clone());
+                        failure = Some(reason.clone());
+                        (0, 0, HashSet::new())
+                    }
+                },
             };
             clients.insert(
                 client.id.clone(),
@@ -226,11 +279,115 @@ impl Budgets {
             .map(|budget| Arc::clone(&budget.released))
             .collect();
         inner.clients = clients;
+        if let Some(reason) = &failure {
+            tracing::error!(
+                clients = unread.len(),
+                error = %reason,
+                "could not read this period's spend of budgeted clients from the ledger; they are \
+                 refused (503) until it can be read, and it is read again in the background"
+            );
+        }
+        let reason = failure.or_else(|| inner.unread_reason.take());
+        self.set_unread(&mut inner, unread, reason);
         drop(inner);
         for released in waiters {
             released.notify_waiters();
         }
     }
+
+    /// Reads the spend of the unread clients from the ledger again. `Ok` once no client is
+    /// unread; otherwise why the read failed. The ledger is read without holding the lock.
+    pub fn restore(
+        &self,
+        now_ms: i64,
+        spent_since: impl Fn(i64) -> PastSpend,
+    ) -> Result<(), String> {
+        let wanted: Vec<(ClientId, i64)> = {
+            let mut inner = lock(&self.inner);
+            let Inner {
+                clients, unread, ..
+            } = &mut *inner;
+            unread
+                .iter()
+                .filter_map(|id| {
+                    let budget = clients.get_mut(id)?;
+                    budget.roll(now_ms);
+                    Some((id.clone(), budget.period_start))
+                })
+                .collect()
+        };
+        let mut reads: HashMap<i64, PastSpend> = HashMap::new();
+        for (_, start) in &wanted {
+            reads.entry(*start).or_insert_with(|| spent_since(*start));
+        }
+        let mut inner = lock(&self.inner);
+        let mut unread = std::mem::take(&mut inner.unread);
+        let mut failure = None;
+        for (id, start) in wanted {
+            match reads.get(&start) {
+                Some(Ok(spent)) => {
+                    let Some(budget) = inner.clients.get_mut(&id) else {
+                        continue;
+                    };
+                    if budget.period_start != start {
+                        // The period turned meanwhile: the next attempt reads the new one.
+                        continue;
+                    }
+                    // The ledger holds every committed call; a charge this process made for
+                    // the client meanwhile (a call in flight across a reload) may be in it.
+                    let read = spent.get(id.as_str()).copied().unwrap_or(0);
+                    budget.spent = budget.spent.max(read);
+                    unread.remove(&id);
+                }
+                Some(Err(reason)) => failure = Some(reason.clone()),
+                None => {}
+            }
+        }
+        // A client no longer configured is no longer unread.
+        let Inner { clients, .. } = &*inner;
+        unread.retain(|id| clients.contains_key(id));
+        let reason = failure
+            .or_else(|| inner.unread_reason.take())
+            .unwrap_or_else(|| "the ledger could not be read".into());
+        let result = if unread.is_empty() {
+            Ok(())
+        } else {
+            Err(reason.clone())
+        };
+        self.set_unread(&mut inner, unread, Some(reason));
+        result
+    }
+
+    fn set_unread(&self, inner: &mut Inner, unread: HashSet<ClientId>, reason: Option<String>) {
+        let any = !unread.is_empty();
+        inner.unread = unread;
+        inner.unread_reason = reason.filter(|_| any);
+        if any && !self.unread.any.swap(true, Ordering::SeqCst) {
+            self.unread.became_unread.notify_one();
+        }
+        self.unread.any.store(any, Ordering::SeqCst);
+    }
+
+    /// Whether `client`'s spend in its period is unknown because the ledger could not be read:
+    /// its calls are refused, not let through as if nothing were spent.
+    pub fn is_unread(&self, client: &ClientId) -> bool {
+        self.unread.any.load(Ordering::Relaxed) && lock(&self.inner).unread.contains(client)
+    }
+
+    /// Why some budgets are unread (for `/readyz`); `None` when every budget is known.
+    pub fn unread_reason(&self) -> Option<String> {
+        if !self.unread.any.load(Ordering::Relaxed) {
+            return None;
+        }
+        let inner = lock(&self.inner);
+        (!inner.unread.is_empty()).then(|| {
+            inner
+                .unread_reason
+                .clone()
+                .unwrap_or_else(|| "the ledger could not be read".into())
+        })
+    }
+
 
     /// Reserves the estimated cost of a call on `route` if it can be admitted now; `Ok(None)`
     /// for a client without budget.
@@ -299,7 +456,7 @@ impl Budgets {
         };
         budget.roll(now_ms);
         let amount = known.unwrap_or(UNKNOWN_ROUTE_ESTIMATE);
-        if budget.spent + amount > budget.limit {
+        if budget.spent.saturating_add(amount) > budget.limit {
             return Err(Refusal::Exhausted(Exhausted {
                 spent: budget.spent,
                 budget: budget.limit,
@@ -309,14 +466,18 @@ impl Budgets {
             }));
         }
         let probe = known.is_none();
-        if budget.spent + budget.reserved + amount > budget.limit
+        if budget
+            .spent
+            .saturating_add(budget.reserved)
+            .saturating_add(amount)
+            > budget.limit
             || (probe && budget.probing.contains(route))
         {
             return Err(Refusal::Held {
                 retry_after: HELD_RETRY_AFTER,
             });
         }
-        budget.reserved += amount;
+        budget.reserved = budget.reserved.saturating_add(amount);
         if probe {
             budget.probing.insert(Arc::clone(route));
         }
@@ -356,11 +517,11 @@ impl Budgets {
             if reservation.probe {
                 budget.probing.remove(&reservation.route);
             }
-            budget.spent += cost.unwrap_or(0);
+            budget.spent = budget.spent.saturating_add(cost.unwrap_or(0));
         } else if let Some(cost) = cost {
             // The period turned while the call was in flight: charge the new one.
             budget.roll(now_ms());
-            budget.spent += cost;
+            budget.spent = budget.spent.saturating_add(cost);
         }
         let released = Arc::clone(&budget.released);
         drop(inner);
@@ -416,6 +577,57 @@ fn period_end(period: BudgetPeriod, start: i64) -> i64 {
     match period {
         BudgetPeriod::Day => start + DAY_MS,
         BudgetPeriod::Month => calendar::next_month_start_ms(start),
+    }
+}
+
+/// The first wait before reading the ledger again for unread budgets; it doubles per failure...
+const RESTORE_FIRST_RETRY: Duration = Duration::from_millis(500);
+/// ...up to this.
+const RESTORE_MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// Runs until `stop` turns true: whenever some budgets are unread, reads the ledger again
+/// (`spent_since`, a blocking read, run off the runtime's threads) with a backoff from 0.5 s
+/// doubling to 30 s, until every budget is restored; then waits for a budget to become unread
+/// again (a reload whose read failed).
+pub async fn restore_until_read<F>(
+    budgets: Budgets,
+    spent_since: F,
+    mut stop: watch::Receiver<bool>,
+) where
+    F: Fn(i64) -> PastSpend + Clone + Send + 'static,
+{
+    let restoring = async {
+        loop {
+            if budgets.unread_reason().is_none() {
+                // A notification given since the check above is kept for this wait.
+                budgets.unread.became_unread.notified().await;
+                continue;
+            }
+            let mut wait = RESTORE_FIRST_RETRY;
+            loop {
+                tokio::time::sleep(wait).await;
+                let (handle, read) = (budgets.clone(), spent_since.clone());
+                let attempt =
+                    tokio::task::spawn_blocking(move || handle.restore(now_ms(), read)).await;
+                match attempt {
+                    Ok(Ok(())) => {
+                        tracing::info!(
+                            "budgets restored from the ledger; budgeted clients are served again"
+                        );
+                        break;
+                    }
+                    Ok(Err(reason)) => {
+                        tracing::debug!(%reason, "the ledger still cannot be read for budgets");
+                    }
+                    Err(error) => tracing::error!(%error, "reading budgets from the ledger failed"),
+                }
+                wait = (wait * 2).min(RESTORE_MAX_RETRY);
+            }
+        }
+    };
+    tokio::select! {
+        _ = stop.wait_for(|stop| *stop) => {}
+        () = restoring => {}
     }
 }
 
@@ -708,5 +920,107 @@ mod tests {
             .reserve(&config.clients.clients[1], &route())
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn spend_and_reservations_add_with_saturation_and_a_spent_budget_stays_spent() {
+        let config = config(10, "month");
+        let budgets = Budgets::new(&config, |_| HashMap::new());
+        let client = &config.clients.clients[0];
+        let first = budgets.reserve(client, &route()).unwrap().unwrap();
+        first.settle(5);
+        let second = budgets.reserve(client, &route()).unwrap().unwrap();
+        second.settle(u64::MAX);
+        assert_eq!(budgets.status(&client.id), Some((u64::MAX, 0)));
+        // The next call is expected to cost u64::MAX as well: refused, not wrapped into room.
+        let refused = budgets.reserve(client, &route()).err().unwrap();
+        assert!(
+            matches!(&refused, Refusal::Exhausted(e) if e.spent == u64::MAX),
+            "{refused:?}"
+        );
+        assert!(budgets
+            .reserve(client, &Arc::from("GET /api/whoami"))
+            .is_err());
+    }
+
+    #[test]
+    fn a_budget_whose_spend_cannot_be_read_is_refused_until_the_ledger_is_read() {
+        let config = config(10, "month");
+        let budgets = Budgets::reading(&config, |_| Err("disk I/O error".into()));
+        let (budgeted, free) = (&config.clients.clients[0], &config.clients.clients[1]);
+        assert!(budgets.is_unread(&budgeted.id));
+        assert!(!budgets.is_unread(&free.id), "no budget, nothing to read");
+        assert_eq!(budgets.unread_reason().as_deref(), Some("disk I/O error"));
+
+        let still = budgets.restore(now_ms(), |_| Err("database is locked".into()));
+        assert_eq!(still, Err("database is locked".into()));
+        assert!(budgets.is_unread(&budgeted.id));
+        assert_eq!(
+            budgets.unread_reason().as_deref(),
+            Some("database is locked")
+        );
+
+        let read = budgets.restore(now_ms(), |_| Ok(HashMap::from([("a".to_string(), 10)])));
+        assert_eq!(read, Ok(()));
+        assert!(!budgets.is_unread(&budgeted.id));
+        assert_eq!(budgets.unread_reason(), None);
+        assert_eq!(budgets.status(&budgeted.id), Some((10, 0)));
+        assert!(budgets.reserve(budgeted, &route()).is_err(), "spent: 402");
+    }
+
+    #[test]
+    fn a_reload_whose_read_fails_makes_only_the_budgets_it_had_to_read_unread() {
+        let monthly = config(10, "month");
+        let budgets = Budgets::new(&monthly, |_| HashMap::from([("a".to_string(), 3)]));
+        let client = &monthly.clients.clients[0];
+        // Same period: the counters are kept, nothing is read.
+        budgets.reconfigure_reading(&monthly, now_ms(), |_| Err("unreadable".into()));
+        assert!(!budgets.is_unread(&client.id));
+        assert_eq!(budgets.status(&client.id), Some((3, 7)));
+        // A new period (a daily budget now) must be read: it cannot be, so it is unread.
+        let daily = config(10, "day");
+        budgets.reconfigure_reading(&daily, now_ms(), |_| Err("unreadable".into()));
+        assert!(budgets.is_unread(&client.id));
+        assert_eq!(budgets.unread_reason().as_deref(), Some("unreadable"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unread_budgets_are_read_again_with_a_bounded_backoff_until_the_ledger_answers() {
+        use std::sync::atomic::AtomicUsize;
+
+        let config = config(10, "month");
+        let budgets = Budgets::reading(&config, |_| Err("unreadable".into()));
+        let client = config.clients.clients[0].id.clone();
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let read = {
+            let attempts = Arc::clone(&attempts);
+            move |_since: i64| -> PastSpend {
+                if attempts.fetch_add(1, Ordering::SeqCst) < 2 {
+                    Err("still unreadable".into())
+                } else {
+                    Ok(HashMap::from([("a".to_string(), 4)]))
+                }
+            }
+        };
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(restore_until_read(budgets.clone(), read, stopped));
+        let started = tokio::time::Instant::now();
+        while budgets.is_unread(&client) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "never restored"
+            );
+        }
+        // Waits of 0.5 s, 1 s and 2 s before the three attempts.
+        assert_eq!(attempts.load(Ordering::SeqCst), 3);
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(3_500) && took < Duration::from_millis(3_600),
+            "{took:?}"
+        );
+        assert_eq!(budgets.status(&client), Some((4, 6)));
+        stop.send(true).unwrap();
+        task.await.unwrap();
     }
 }

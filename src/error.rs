@@ -42,6 +42,10 @@ pub enum GatewayError {
     UpstreamUnavailable(String),
     /// 503: concurrency limit, or shutting down.
     Overloaded,
+    /// 503 `overloaded` too: the client has a credit budget and what it already spent this
+    /// period cannot be read from the ledger. Not 402 (the budget may well not be spent) and not
+    /// a pass (it may be): a temporary refusal that clients retry, like the other 503s.
+    BudgetUnreadable,
     /// 504: the upstream did not answer in time.
     UpstreamTimeout,
 }
@@ -60,7 +64,7 @@ impl GatewayError {
             Self::ValidationFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
-            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded | Self::BudgetUnreadable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -79,7 +83,7 @@ impl GatewayError {
             Self::ValidationFailed(_) => "validation_failed",
             Self::RateLimited { .. } => "rate_limited",
             Self::UpstreamUnavailable(_) => "upstream_unavailable",
-            Self::Overloaded => "overloaded",
+            Self::Overloaded | Self::BudgetUnreadable => "overloaded",
             Self::UpstreamTimeout => "upstream_timeout",
         }
     }
@@ -121,6 +125,7 @@ impl GatewayError {
             ),
             Self::UpstreamUnavailable(why) => format!("Upstream unavailable: {why}."),
             Self::Overloaded => "Overloaded: the gateway is at capacity or shutting down; retry shortly.".into(),
+            Self::BudgetUnreadable => "Service unavailable: this client's credit budget cannot be checked because the budget ledger cannot be read; retry later.".into(),
             Self::UpstreamTimeout => "Upstream timeout: the upstream did not answer in time.".into(),
         }
     }

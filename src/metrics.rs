@@ -39,6 +39,35 @@ pub static UNKNOWN: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("-"));
 /// A gauge with values the upstream reports: `u64`, never negative.
 type U64Gauge = Gauge<u64, AtomicU64>;
 
+/// A counter of credits: it adds with saturation, so an absurd figure can never wrap it to a
+/// small value (which Prometheus would read as a reset, and count again).
+type CreditCounter = Counter<u64, SaturatingU64>;
+
+/// A counter's value that stops at `u64::MAX` instead of wrapping.
+#[derive(Debug, Default)]
+pub struct SaturatingU64(AtomicU64);
+
+impl prometheus_client::metrics::counter::Atomic<u64> for SaturatingU64 {
+    fn inc(&self) -> u64 {
+        self.inc_by(1)
+    }
+
+    fn inc_by(&self, v: u64) -> u64 {
+        // The closure never declines, so both arms hold the previous value.
+        match self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add(v))
+            }) {
+            Ok(previous) | Err(previous) => previous,
+        }
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// The label set of a series without labels that should appear only once it has a value (a
 /// balance of 0 before the upstream said anything would be a lie, and would trip alerts).
 type NoLabels = [(&'static str, &'static str); 0];
@@ -89,7 +118,7 @@ struct Inner {
     /// Holds a clone of every family below; read-only once built, so `render` needs no lock.
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
-    credits_used: Family<ClientRouteLabels, Counter>,
+    credits_used: Family<ClientRouteLabels, CreditCounter>,
     credits_unknown: Family<ClientRouteLabels, Counter>,
     balance: Family<NoLabels, U64Gauge>,
     upstream_rate_limit: Family<KindLabels, U64Gauge>,
@@ -99,7 +128,7 @@ struct Inner {
     limit_series: OnceLock<U64Gauge>,
     remaining_series: OnceLock<U64Gauge>,
     rate_limited: Family<RateLimitedLabels, Counter>,
-    unattributed_credits: Counter,
+    unattributed_credits: CreditCounter,
     budget_spent: Family<ClientLabels, U64Gauge>,
     budget_remaining: Family<ClientLabels, U64Gauge>,
     ledger_dropped: Counter,
@@ -133,7 +162,7 @@ impl Metrics {
         let balance = Family::default();
         let upstream_rate_limit = Family::default();
         let rate_limited = Family::default();
-        let unattributed_credits = Counter::default();
+        let unattributed_credits = CreditCounter::default();
         let budget_spent = Family::default();
         let budget_remaining = Family::default();
         let ledger_dropped = Counter::default();
@@ -551,6 +580,34 @@ mod tests {
         assert_eq!(
             series("ofapi_gateway_credits_unknown_total", "crm-app"),
             None
+        );
+    }
+
+    #[test]
+    fn credit_counters_saturate_instead_of_wrapping_to_a_smaller_value() {
+        let metrics = Metrics::new();
+        metrics.credits(&"crm-app".into(), &ROUTE.into(), u64::MAX - 1);
+        metrics.credits(&"crm-app".into(), &ROUTE.into(), 5);
+        metrics.unattributed_credits(u64::MAX);
+        metrics.unattributed_credits(1);
+        let text = metrics.render();
+        let exact = |series: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+                .map(str::to_owned)
+        };
+        let max = u64::MAX.to_string();
+        assert_eq!(
+            exact(&format!(
+                "ofapi_gateway_credits_used_total{{client=\"crm-app\",route=\"{ROUTE}\"}}"
+            )),
+            Some(max.clone()),
+            "{text}"
+        );
+        assert_eq!(
+            exact("ofapi_gateway_unattributed_credits_total"),
+            Some(max),
+            "{text}"
         );
     }
 

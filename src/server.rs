@@ -139,7 +139,7 @@ impl Gateway {
                 config.ledger.path.display()
             )
         })?;
-        let budgets = Budgets::new(&config, |since| spent_since(&ledger, since));
+        let budgets = Budgets::reading(&config, |since| spent_since(&ledger, since));
         let limiter = Limiter::new(&config);
         let metrics = Metrics::new();
         let detached = TaskTracker::new();
@@ -173,7 +173,14 @@ impl Gateway {
             ready: ready.clone(),
             metrics: metrics.clone(),
             ledger: Some(ledger.clone()),
+            budgets: Some(budgets.clone()),
         });
+        let past_spend = ledger.clone();
+        other_tasks.push(tokio::spawn(crate::budget::restore_until_read(
+            budgets.clone(),
+            move |since| spent_since(&past_spend, since),
+            rest_stopped.clone(),
+        )));
         let (serving, handout) = ServingThreads::start(
             upstreams,
             |upstream| stack::client_stack(parts.clone(), upstream),
@@ -265,7 +272,7 @@ impl Gateway {
         }
         self.limiter.reconfigure(&new);
         self.budgets
-            .reconfigure(&new, crate::calendar::now_ms(), |since| {
+            .reconfigure_reading(&new, crate::calendar::now_ms(), |since| {
                 spent_since(&self.ledger, since)
             });
         self.config.store(Arc::new(new));
@@ -496,13 +503,13 @@ fn own_url(tls: bool, bound: SocketAddr) -> String {
     format!("{scheme}://{bound}")
 }
 
-/// Credits per client since a moment, from the ledger (empty, with a warning, if unreadable:
-/// budgets then start from zero rather than refusing to start).
-fn spent_since(ledger: &Ledger, since_ms: i64) -> std::collections::HashMap<String, u64> {
-    ledger.spent_since(since_ms).unwrap_or_else(|error| {
-        tracing::warn!(%error, "could not read past spend from the ledger; budgets start at 0");
-        Default::default()
-    })
+/// Credits per client since a moment, from the ledger. When it cannot be read, the budgets
+/// that needed it are unread (their clients refused) until a background read succeeds: never
+/// started at 0.
+fn spent_since(ledger: &Ledger, since_ms: i64) -> crate::budget::PastSpend {
+    ledger
+        .spent_since(since_ms)
+        .map_err(|error| error.to_string())
 }
 
 async fn stop_requested(stopped: &mut watch::Receiver<bool>) {

@@ -53,6 +53,7 @@ impl Admin {
             ready: Arc::new(AtomicBool::new(true)),
             metrics: metrics.clone(),
             ledger: ledger.clone(),
+            budgets: None,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -1,6 +1,7 @@
 //! Authorization: the client's `allow` route patterns and `accounts` scope (403), then its credit
-//! budget: the call's estimated cost is reserved here and travels on in the request's
-//! extensions until the meter settles it. Runs after authentication and routing, before anything
+//! budget (402, or 503 while what it spent cannot be read from the ledger): the call's estimated
+//! cost is reserved here and travels on in the request's extensions until the meter settles it.
+//! Runs after authentication and routing, before anything
 //! reads the body or spends a credit.
 //!
 //! A budget that cannot cover the call is 402 at once. One that could, but whose remaining
@@ -100,6 +101,9 @@ where
                     client.id
                 ))));
             }
+        }
+        if self.budgets.is_unread(&client.id) {
+            return Either::Left(reject(GatewayError::BudgetUnreadable));
         }
         match self.budgets.reserve(client, &route.template) {
             Ok(reservation) => {

@@ -9,9 +9,11 @@
 //!
 //! - `schema`: opening the file, the versioned schema, the retention fold.
 //! - `writer`: the writer thread.
+//! - `spool`: where `close` keeps the rows it could not commit, imported at the next open.
 //! - `usage`: `parse_since`, the reports and their rendering, `spent_since`.
 
 mod schema;
+mod spool;
 mod usage;
 mod writer;
 
@@ -281,6 +283,7 @@ impl Ledger {
         if folded > 0 {
             tracing::info!(rows = folded, "ledger: folded old rows into daily roll-ups");
         }
+        import_spool(&mut conn, &path);
         let shared = Arc::new(Shared {
             dropped: AtomicU64::new(0),
             health: Mutex::new(LedgerHealth::Healthy),
@@ -374,9 +377,11 @@ impl Ledger {
     }
 
     /// Commits every row recorded so far and stops the writer. When it returns `Ok`, every
-    /// recorded row is on disk. If the file stays unwritable it retries for a few seconds, then
-    /// gives up with [`LedgerError::Unwritten`]. Later `record`s are dropped and counted;
-    /// closing again is a no-op.
+    /// recorded row is on disk: in the ledger, or, if the file stayed unwritable for a few
+    /// seconds of retries, in the spool next to it ([`spool_path`]), which the next open writes
+    /// into the ledger. If the spool cannot be written either it gives up with
+    /// [`LedgerError::Unwritten`], saying how many rows are lost. Later `record`s are dropped
+    /// and counted; closing again is a no-op.
     pub async fn close(&self) -> Result<(), LedgerError> {
         match self.ask(Msg::Close).await {
             Err(LedgerError::Closed) => Ok(()),
@@ -415,6 +420,40 @@ impl Ledger {
     pub fn spent_since(&self, since_ms: i64) -> Result<HashMap<String, u64>, LedgerError> {
         usage::spent_since(&self.inner.path, since_ms)
     }
+}
+
+/// Writes the rows the last stop kept in the spool (see `spool`) into the ledger. A spool that
+/// cannot be imported stays for the next start: it does not keep the gateway from starting.
+fn import_spool(conn: &mut rusqlite::Connection, ledger: &Path) {
+    let path = spool::path_for(ledger);
+    match spool::import(conn, &path) {
+        Ok(None) => {}
+        Ok(Some(imported)) => {
+            tracing::info!(
+                rows = imported.added,
+                already_present = imported.present,
+                spool = %path.display(),
+                "ledger: rows kept in the spool at the last stop are in the ledger now"
+            );
+            if imported.unreadable > 0 {
+                tracing::warn!(
+                    lines = imported.unreadable,
+                    spool = %path.display(),
+                    "ledger: spool lines that could not be read were skipped"
+                );
+            }
+        }
+        Err(reason) => tracing::warn!(
+            %reason,
+            "ledger: could not import the spool of rows kept at the last stop; it stays for \
+             the next start"
+        ),
+    }
+}
+
+/// The spool of the ledger at `ledger`: where `close` keeps the rows it could not commit.
+pub fn spool_path(ledger: &Path) -> PathBuf {
+    spool::path_for(ledger)
 }
 
 pub(crate) use crate::calendar::now_ms;

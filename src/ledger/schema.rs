@@ -91,6 +91,20 @@ pub(crate) static INSERT_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock
     format!("{head}VALUES {many}")
 });
 
+/// The largest credit figure a report takes as real (`upstream::figures::MAX_CREDIT_FIGURE`,
+/// 2^53); the gateway records nothing larger, but a file written by an older one may hold
+/// `i64::MAX`. A larger (or negative) figure reads as unknown, like NULL.
+pub(crate) const MAX_CREDITS_SQL: &str = "9007199254740992";
+
+/// `credits_used` of a raw row when it is a real figure, else NULL (unknown).
+pub(crate) fn known_credits(column: &str) -> String {
+    format!("(CASE WHEN {column} BETWEEN 0 AND {MAX_CREDITS_SQL} THEN {column} END)")
+}
+
+/// The credits of a roll-up above this are unknown: it stores at most this, so that adding to
+/// it never overflows, and reports count all its calls as of unknown cost.
+const ROLL_UP_UNKNOWN_SQL: &str = "9007199254740993";
+
 /// The schema version this build writes and understands.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -226,22 +240,32 @@ pub(crate) fn fold_horizon(now_ms: i64, retention: Duration) -> i64 {
 
 /// Folds raw rows older than `horizon_ms` into the daily roll-ups and deletes them, in one
 /// transaction (a crash leaves either both or neither). Returns the number of rows folded.
+///
+/// Credit figures that are not real (see [`known_credits`]) fold as unknown calls. The credits
+/// are summed with `TOTAL` (a float sum, which cannot fail) and stored capped at
+/// `ROLL_UP_UNKNOWN_SQL`: a day whose real figures add up past 2^53 is a day of unknown cost,
+/// and SQLite's `SUM` would stop the fold (and with it the start) with "integer overflow".
 pub(crate) fn fold(conn: &mut Connection, horizon_ms: i64) -> rusqlite::Result<usize> {
+    let known = known_credits("credits_used");
     let tx = conn.transaction()?;
     tx.execute(
-        "INSERT INTO daily (day, client, account, route, requests, credits, cached_requests,
-                            unknown_credit_requests, errors)
-         SELECT strftime('%Y-%m-%d', ts_ms / 1000, 'unixepoch'), client, COALESCE(account, ''),
-                route, COUNT(*), COALESCE(SUM(credits_used), 0), SUM(cached IS 1),
-                SUM(credits_used IS NULL), SUM(status >= 400)
-         FROM requests WHERE ts_ms < ?1
-         GROUP BY 1, 2, 3, 4
-         ON CONFLICT (day, client, account, route) DO UPDATE SET
-             requests = requests + excluded.requests,
-             credits = credits + excluded.credits,
-             cached_requests = cached_requests + excluded.cached_requests,
-             unknown_credit_requests = unknown_credit_requests + excluded.unknown_credit_requests,
-             errors = errors + excluded.errors",
+        &format!(
+            "INSERT INTO daily (day, client, account, route, requests, credits, cached_requests,
+                                unknown_credit_requests, errors)
+             SELECT strftime('%Y-%m-%d', ts_ms / 1000, 'unixepoch'), client,
+                    COALESCE(account, ''), route, COUNT(*),
+                    CAST(MIN(TOTAL({known}), {ROLL_UP_UNKNOWN_SQL}) AS INTEGER), SUM(cached IS 1),
+                    SUM({known} IS NULL), SUM(status >= 400)
+             FROM requests WHERE ts_ms < ?1
+             GROUP BY 1, 2, 3, 4
+             ON CONFLICT (day, client, account, route) DO UPDATE SET
+                 requests = requests + excluded.requests,
+                 credits = MIN(credits + excluded.credits, {ROLL_UP_UNKNOWN_SQL}),
+                 cached_requests = cached_requests + excluded.cached_requests,
+                 unknown_credit_requests =
+                     unknown_credit_requests + excluded.unknown_credit_requests,
+                 errors = errors + excluded.errors"
+        ),
         params![horizon_ms],
     )?;
     let folded = tx.execute("DELETE FROM requests WHERE ts_ms < ?1", params![horizon_ms])?;

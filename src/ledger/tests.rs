@@ -399,6 +399,8 @@ async fn rows_beyond_the_memory_bound_are_dropped_and_counted_while_failing() {
 async fn close_gives_up_on_a_file_that_stays_unwritable_and_says_how_many_rows() {
     let dir = tempfile::tempdir().unwrap();
     let path = ledger_path(&dir);
+    // The spool cannot be written either (a folder stands in its place).
+    std::fs::create_dir_all(spool_path(&path)).unwrap();
     let tuning = Tuning {
         min_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(20),
@@ -416,7 +418,8 @@ async fn close_gives_up_on_a_file_that_stays_unwritable_and_says_how_many_rows()
     }
     match ledger.close().await {
         Err(LedgerError::Unwritten { rows: 3, reason }) => {
-            assert!(reason.contains("injected"), "{reason}")
+            assert!(reason.contains("injected"), "{reason}");
+            assert!(reason.contains("the spool"), "{reason}");
         }
         other => panic!("{other:?}"),
     }
@@ -903,6 +906,187 @@ async fn spent_since_sums_raw_rows_and_whole_days_of_roll_ups_per_client() {
         Some(&0),
         "11-01 is cut by since: left out"
     );
+}
+
+/// 2^53: the largest credit figure a report takes as real.
+const MAX_REAL: u64 = 1 << 53;
+
+#[tokio::test]
+async fn reports_and_spent_since_take_a_figure_above_two_to_the_53_as_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = ledger_path(&dir);
+    let ledger = Ledger::open(&long_retention(&path)).unwrap();
+    // `u64::MAX` is stored as `i64::MAX`: the row an older gateway wrote for an absurd `_meta`.
+    for (n, client, credits) in [
+        (1, "crm-app", Some(3)),
+        (2, "crm-app", Some(u64::MAX)),
+        (3, "crm-app", Some(MAX_REAL + 1)),
+        (4, "crm-app", Some(MAX_REAL - 16)),
+        (5, "reports", Some(7)),
+        (6, "reports", Some(u64::MAX)),
+    ] {
+        let mut r = row(NOV_1 + n as i64, n);
+        r.client = client.into();
+        r.credits_used = credits;
+        ledger.record(r);
+    }
+    ledger.close().await.unwrap();
+    let stored: Vec<_> = read_rows(&path).iter().map(|r| r.credits_used).collect();
+    assert_eq!(
+        stored[1],
+        Some(i64::MAX as u64),
+        "as the older gateway wrote it"
+    );
+
+    let report = usage(&path, 0, GroupBy::Client).unwrap();
+    let counts = |key: &str| {
+        let row = report.rows.iter().find(|r| r.key == key).unwrap();
+        (
+            row.counts.requests,
+            row.counts.credits_used,
+            row.counts.unknown_credit_requests,
+        )
+    };
+    // Sums stay below 2^53, where a float sum is exact.
+    assert_eq!(counts("crm-app"), (4, MAX_REAL - 13, 2));
+    assert_eq!(counts("reports"), (2, 7, 1));
+    assert_eq!(
+        (
+            report.total.credits_used,
+            report.total.unknown_credit_requests
+        ),
+        (MAX_REAL - 6, 3)
+    );
+    for format in [Format::Table, Format::Json, Format::Csv] {
+        assert!(
+            report.render(format).contains("9007199254740979"),
+            "{format:?}"
+        );
+    }
+    let spent = spent_since(&path, 0).unwrap();
+    assert_eq!((spent["crm-app"], spent["reports"]), (MAX_REAL - 13, 7));
+}
+
+#[tokio::test]
+async fn a_ledger_holding_absurd_figures_still_opens_and_folds_them_as_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = ledger_path(&dir);
+    let now = now_ms();
+    let old = now - 200 * DAY;
+    let ledger = Ledger::open(&long_retention(&path)).unwrap();
+    for (n, credits) in [
+        (1, Some(u64::MAX)),
+        (2, Some(4)),
+        (3, Some(u64::MAX)),
+        (4, None),
+    ] {
+        let mut r = row(old + n as i64, n);
+        r.credits_used = credits;
+        ledger.record(r);
+    }
+    ledger.close().await.unwrap();
+    // A roll-up an older gateway folded from such a row, on another day.
+    let older_day = schema::day_of(old - 2 * DAY);
+    Connection::open(&path)
+        .unwrap()
+        .execute(
+            "INSERT INTO daily VALUES (?1, 'crm-app', 'fansly_acct_123',
+                 'PUT /api/fansly/{account}/tracking-links/{id}', 2, ?2, 0, 0, 0)",
+            rusqlite::params![older_day, i64::MAX],
+        )
+        .unwrap();
+    let before = usage(&path, 0, GroupBy::Client).unwrap();
+    assert_eq!(
+        (
+            before.total.requests,
+            before.total.credits_used,
+            before.total.unknown_credit_requests
+        ),
+        (6, 4, 5),
+        "the roll-up of unknown cost counts both its calls as unknown"
+    );
+
+    // Opening with a 90-day retention folds the four rows (SUM would overflow).
+    let ledger = Ledger::open(&config(&path, Duration::from_secs(90 * 86_400))).unwrap();
+    assert_eq!(count(&path), 0);
+    let (credits, unknown): (i64, i64) = Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT credits, unknown_credit_requests FROM daily WHERE day = ?1",
+            [schema::day_of(old)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((credits, unknown), (4, 3));
+    assert_eq!(usage(&path, 0, GroupBy::Client).unwrap(), before);
+    ledger.close().await.unwrap();
+
+    // Folding onto a roll-up that holds an absurd figure caps it instead of overflowing.
+    let ledger = Ledger::open(&long_retention(&path)).unwrap();
+    let mut late = row(old - 2 * DAY + 1, 9);
+    late.credits_used = Some(1);
+    ledger.record(late);
+    ledger.close().await.unwrap();
+    let mut conn = Connection::open(&path).unwrap();
+    schema::fold(&mut conn, now - 100 * DAY).unwrap();
+    let report = usage(&path, 0, GroupBy::Client).unwrap();
+    assert_eq!(
+        (
+            report.total.requests,
+            report.total.credits_used,
+            report.total.unknown_credit_requests
+        ),
+        (7, 4, 6)
+    );
+}
+
+#[tokio::test]
+async fn close_keeps_rows_it_cannot_write_in_a_spool_that_the_next_open_imports() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = ledger_path(&dir);
+    let spool = spool_path(&path);
+    let tuning = || Tuning {
+        min_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(20),
+        close_deadline: Duration::from_millis(100),
+        ..Tuning::default()
+    };
+    let ledger = Ledger::open_tuned(&long_retention(&path), tuning()).unwrap();
+    ledger.record(row(NOV_1, 0));
+    ledger.flush().await.unwrap();
+    ledger
+        .inner
+        .shared
+        .fail_writes
+        .store(true, Ordering::SeqCst);
+    let mut held: Vec<LedgerRow> = (1..4).map(|i| row(NOV_1 + i as i64, i)).collect();
+    held[1].credits_used = None;
+    held[2].outcome = Outcome::Cut;
+    held[2].account = None;
+    for r in &held {
+        ledger.record(r.clone());
+    }
+    ledger.close().await.unwrap();
+    assert_eq!(ledger.dropped(), 0, "nothing lost");
+    assert_eq!(count(&path), 1);
+    let kept = std::fs::read_to_string(&spool).unwrap();
+    assert_eq!(kept.lines().count(), 3, "{kept}");
+
+    // The next open writes them into the ledger and removes the spool...
+    let ledger = Ledger::open_tuned(&long_retention(&path), tuning()).unwrap();
+    assert!(!spool.exists());
+    let mut expected = vec![row(NOV_1, 0)];
+    expected.extend(held.iter().cloned());
+    assert_eq!(read_rows(&path), expected);
+    ledger.close().await.unwrap();
+
+    // ...once: a spool whose rows are already in (a stop before its removal) adds nothing, and
+    // a line cut by a crash is skipped.
+    std::fs::write(&spool, format!("{kept}{{\"ts_ms\":1,\"requ")).unwrap();
+    let ledger = Ledger::open_tuned(&long_retention(&path), tuning()).unwrap();
+    assert!(!spool.exists());
+    assert_eq!(read_rows(&path), expected);
+    ledger.close().await.unwrap();
 }
 
 /// Not a check: measures what the writer sustains (rounds of 50 000 rows, under the channel's

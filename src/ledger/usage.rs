@@ -5,6 +5,13 @@
 //! A report sums raw rows from `since` on and the daily roll-ups of whole days from `since` on:
 //! a report that starts mid-way through a day already folded (older than the retention) leaves
 //! that day out rather than count calls from before `since`.
+//!
+//! A credit figure above 2^53 (which only an older gateway wrote: it stored an absurd upstream
+//! figure as `i64::MAX`) is reported as unknown: the call counts in `unknown_credit_requests`
+//! and adds nothing to `credits_used`; a roll-up whose credits are above 2^53 counts all its
+//! calls so. Credits are summed with SQLite's `TOTAL` (exact up to 2^53, and it cannot fail
+//! where `SUM` stops with "integer overflow"), totals add with saturation: no row can make a
+//! report fail.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -15,7 +22,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use rusqlite::params;
 use serde::Serialize;
 
-use super::schema::{first_whole_day, open_read_only};
+use super::schema::{first_whole_day, known_credits, open_read_only};
 use super::LedgerError;
 
 /// Reads `--since` / `?since=`: a duration back from `now_ms` (`24h`, `7d`, `90m`), a date
@@ -166,11 +173,13 @@ pub struct UsageCounts {
 
 impl UsageCounts {
     fn add(&mut self, other: &UsageCounts) {
-        self.requests += other.requests;
-        self.credits_used += other.credits_used;
-        self.cached_requests += other.cached_requests;
-        self.unknown_credit_requests += other.unknown_credit_requests;
-        self.errors += other.errors;
+        self.requests = self.requests.saturating_add(other.requests);
+        self.credits_used = self.credits_used.saturating_add(other.credits_used);
+        self.cached_requests = self.cached_requests.saturating_add(other.cached_requests);
+        self.unknown_credit_requests = self
+            .unknown_credit_requests
+            .saturating_add(other.unknown_credit_requests);
+        self.errors = self.errors.saturating_add(other.errors);
     }
 
     fn cells(&self) -> [u64; 5] {
@@ -219,15 +228,19 @@ const TABLE_COLUMNS: [&str; 5] = ["requests", "credits", "cached", "unknown_cred
 pub fn usage(path: &Path, since_ms: i64, by: GroupBy) -> Result<UsageReport, LedgerError> {
     let conn = open_read_only(path)?;
     let (raw_key, daily_key) = by.columns();
+    let known = known_credits("credits_used");
+    let roll_up_known = known_credits("credits");
     let sql = format!(
-        "SELECT key, SUM(requests), SUM(credits), SUM(cached), SUM(unknown), SUM(errors) FROM (
+        "SELECT key, SUM(requests), TOTAL(credits), SUM(cached), SUM(unknown), SUM(errors) FROM (
              SELECT {raw_key} AS key, COUNT(*) AS requests,
-                    COALESCE(SUM(credits_used), 0) AS credits, SUM(cached IS 1) AS cached,
-                    SUM(credits_used IS NULL) AS unknown, SUM(status >= 400) AS errors
+                    TOTAL({known}) AS credits, SUM(cached IS 1) AS cached,
+                    SUM({known} IS NULL) AS unknown, SUM(status >= 400) AS errors
              FROM requests WHERE ts_ms >= ?1 GROUP BY 1
              UNION ALL
-             SELECT {daily_key}, SUM(requests), SUM(credits), SUM(cached_requests),
-                    SUM(unknown_credit_requests), SUM(errors)
+             SELECT {daily_key}, SUM(requests), TOTAL({roll_up_known}), SUM(cached_requests),
+                    SUM(CASE WHEN {roll_up_known} IS NULL THEN requests
+                             ELSE unknown_credit_requests END),
+                    SUM(errors)
              FROM daily WHERE day >= ?2 GROUP BY 1
          ) GROUP BY key"
     );
@@ -239,11 +252,13 @@ pub fn usage(path: &Path, since_ms: i64, by: GroupBy) -> Result<UsageReport, Led
     let mut rows = stmt
         .query_map(params![since_ms, first_whole_day(since_ms)], |r| {
             let n = |i| r.get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0));
+            // A float sum of whole numbers: `as` saturates (and reads NaN as 0).
+            let credits = |i| r.get::<_, f64>(i).map(|v| v as u64);
             Ok(UsageRow {
                 key: r.get(0)?,
                 counts: UsageCounts {
                     requests: n(1)?,
-                    credits_used: n(2)?,
+                    credits_used: credits(2)?,
                     cached_requests: n(3)?,
                     unknown_credit_requests: n(4)?,
                     errors: n(5)?,

@@ -17,7 +17,7 @@ use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{params_from_iter, Connection};
 use tokio::sync::oneshot;
 
-use super::{now_ms, schema, LedgerError, LedgerHealth, LedgerRow, Msg, Shared, Tuning};
+use super::{now_ms, schema, spool, LedgerError, LedgerHealth, LedgerRow, Msg, Shared, Tuning};
 
 type Reply = oneshot::Sender<Result<(), LedgerError>>;
 
@@ -243,8 +243,9 @@ impl Writer {
         }
     }
 
-    /// Commits what is left (retrying an unwritable file up to `close_deadline`), counts rows
-    /// that arrived behind the close as dropped, closes the channel and the file, then answers:
+    /// Commits what is left (retrying an unwritable file up to `close_deadline`, then appending
+    /// what is still left to the spool), counts rows that arrived behind the close as dropped
+    /// and rows that neither file took as lost, closes the channel and the file, then answers:
     /// once `close` returns, a `record` finds the channel closed and counts its row as dropped.
     fn finish(mut self, rx: Receiver<Msg>, reply: Option<Reply>) {
         let deadline = Instant::now() + self.tuning.close_deadline;
@@ -266,8 +267,26 @@ impl Writer {
             }
         }
         drop(rx);
+        let mut reason = self.last_reason.clone().unwrap_or_default();
+        if !self.pending.is_empty() {
+            let spool = spool::path_for(&self.path);
+            match spool::write(&spool, &self.pending) {
+                Ok(()) => {
+                    tracing::warn!(
+                        rows = self.pending.len(),
+                        %reason,
+                        spool = %spool.display(),
+                        "ledger: closing with rows the file would not take; they are kept in \
+                         the spool and written into the ledger at the next start"
+                    );
+                    self.pending.clear();
+                }
+                Err(error) => {
+                    reason = format!("{reason}; the spool {} too: {error}", spool.display());
+                }
+            }
+        }
         let lost = self.pending.len();
-        let reason = self.last_reason.clone().unwrap_or_default();
         if lost > 0 {
             self.shared
                 .dropped

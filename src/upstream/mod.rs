@@ -25,6 +25,7 @@ use crate::layers::body_limit::BodyTooLarge;
 use crate::layers::drain::ClientBodyError;
 use pool::{Connector, Pool, SendError};
 
+pub mod figures;
 mod pool;
 
 /// The largest response head (status line and headers) taken from the upstream over HTTP/1.1; a
@@ -148,7 +149,8 @@ impl Service<Request<Body>> for UpstreamClient {
 
 /// What an upstream answer's headers say about credits and limits (SPEC §2): `x-ofapi-*` and
 /// `x-rate-limit-*`. The limiter acts on them as soon as the headers arrive; the meter falls back
-/// on them when the body has no `_meta` (a `304`, say).
+/// on them when the body has no `_meta` (a `304`, say). The credit figures are as the headers
+/// give them: [`figures::accept_credits`] decides which are real.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UpstreamHeaders {
     pub credits_used: Option<u64>,

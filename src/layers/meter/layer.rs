@@ -23,6 +23,7 @@ use tower::{Layer, Service};
 
 use super::body::{BodyEnd, BodyOutcome, FinishWhenDropped, MeteredBody};
 use super::rewrite::NextPageRewriter;
+use super::scan::MetaFound;
 use crate::body::{boxed, Body, BoxError};
 use crate::budget::{Budgets, Reservation};
 use crate::config::Client;
@@ -33,6 +34,7 @@ use crate::layers::route::RouteInfo;
 use crate::ledger::{Ledger, LedgerRow, Outcome};
 use crate::limiter::{Limiter, Ticket, UpstreamReport};
 use crate::metrics::{Metrics, UNKNOWN};
+use crate::upstream::figures::{accept_credits, credit_figure, AcceptedCredits, ReportedCredits};
 use crate::upstream::UpstreamHeaders;
 
 /// Everything the meter reports to. Shared by all requests.
@@ -302,8 +304,12 @@ impl Meter {
         }
         let status = parts.status;
         // Dropped by a client that hung up (or by a call finished in the background), a body
-        // whose credits the headers did not give is read to its end anyway.
-        let finish = (json && facts.credits_used.is_none()).then(|| FinishWhenDropped {
+        // whose credits the headers did not give (or gave as a figure that cannot be real) is
+        // read to its end anyway.
+        let header_charge = facts
+            .credits_used
+            .filter(|&used| credit_figure(used).is_ok());
+        let finish = (json && header_charge.is_none()).then(|| FinishWhenDropped {
             detached: meter.detached.clone(),
             timeout: meter.detached_body_timeout,
             limit: DETACHED_BODY_LIMIT,
@@ -346,8 +352,8 @@ impl Meter {
             .and_then(|note| note.answered())
             .unwrap_or(status);
         let found = end.found;
-        let used = found.credits_used.or(headers.credits_used);
-        let balance = found.balance.or(headers.balance);
+        let credits = self.take_credits(found, headers);
+        let (used, balance) = (credits.used, credits.balance);
         let cached = found.is_cached.or(headers.cached);
         let limit = headers.limit_minute.or(found.limit_minute);
         let remaining = headers.remaining_minute.or(found.remaining_minute);
@@ -389,7 +395,6 @@ impl Meter {
         }
         if let Some(balance) = balance {
             self.metrics.balance(balance);
-            self.watch_balance(balance, used.unwrap_or(0));
         }
         if let Some(reservation) = &call.reservation {
             match used {
@@ -440,14 +445,33 @@ impl Meter {
             total_ms = total.as_millis() as u64,
             outcome = outcome.as_str(),
             bytes = end.bytes,
+            implausible_credits = credits.implausible.as_deref(),
             "request"
         );
     }
 
+    /// The answer's credit figures that are real ([`accept_credits`]: a charge is checked against
+    /// the balance seen before this answer), and the balance watch brought up to date with them.
+    fn take_credits(&self, found: MetaFound, headers: UpstreamHeaders) -> AcceptedCredits {
+        let mut watch = self.balance.lock().unwrap_or_else(|p| p.into_inner());
+        let meta = ReportedCredits {
+            used: found.credits_used,
+            balance: found.balance,
+        };
+        let headers = ReportedCredits {
+            used: headers.credits_used,
+            balance: headers.balance,
+        };
+        let credits = accept_credits(meta, headers, watch.last);
+        if let Some(balance) = credits.balance {
+            self.watch_balance(&mut watch, balance, credits.used.unwrap_or(0));
+        }
+        credits
+    }
+
     /// Warns once when the balance crosses below the threshold, and counts credits that left
     /// the balance without being charged to a call through the gateway.
-    fn watch_balance(&self, balance: u64, used: u64) {
-        let mut watch = self.balance.lock().unwrap_or_else(|p| p.into_inner());
+    fn watch_balance(&self, watch: &mut BalanceWatch, balance: u64, used: u64) {
         if let Some(last) = watch.last {
             // Between two answers the balance should drop by exactly this answer's charge;
             // more means someone spent elsewhere. (A rise is a top-up, or answers that

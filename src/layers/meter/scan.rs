@@ -26,7 +26,8 @@
 use memchr::memchr2;
 
 /// The `_meta` figures found so far; a field stays `None` when absent, of the wrong type or out
-/// of range.
+/// of range. The credit figures are as the body gives them: `upstream::figures::accept_credits`
+/// decides which are real.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MetaFound {
     /// `_meta._credits.used`
