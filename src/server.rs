@@ -29,6 +29,7 @@ use crate::body::BoxError;
 use crate::budget::Budgets;
 use crate::config::Config;
 use crate::layers::meter::Meter;
+use crate::layers::upstream_auth::ClientConnection;
 use crate::ledger::Ledger;
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
@@ -793,9 +794,14 @@ async fn serve_http<S, B>(
     B: ResponseBody,
 {
     let activity = Arc::new(Activity::new(opened));
+    let connection = stream.peer_addr().ok().map(|peer| ClientConnection {
+        peer,
+        tls: tls.is_some(),
+    });
     let service = Tracked {
         inner: TowerToHyperService::new(service),
         activity: Arc::clone(&activity),
+        connection,
     };
     let result = match tls {
         None => {
@@ -928,10 +934,12 @@ impl Drop for InFlight {
     }
 }
 
-/// The connection's service, counting its requests in flight for the idle close.
+/// The connection's service, counting its requests in flight for the idle close, and putting
+/// the connection's [`ClientConnection`] in each request's extensions.
 struct Tracked<H> {
     inner: H,
     activity: Arc<Activity>,
+    connection: Option<ClientConnection>,
 }
 
 impl<H, B> hyper::service::Service<Request<Incoming>> for Tracked<H>
@@ -942,7 +950,10 @@ where
     type Error = H::Error;
     type Future = TrackedFuture<H::Future>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        if let Some(connection) = self.connection {
+            req.extensions_mut().insert(connection);
+        }
         TrackedFuture {
             in_flight: Some(self.activity.request_started()),
             inner: self.inner.call(req),

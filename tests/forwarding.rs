@@ -440,3 +440,110 @@ async fn h2_clients_are_forwarded_too() {
     })
     .await
 }
+
+/// A client's claims about where it is: every proxy header, `X-Forwarded-For` twice.
+const SPOOFED: [(&str, &str); 6] = [
+    ("forwarded", "for=203.0.113.9;host=evil.example;proto=https"),
+    ("x-forwarded-for", "203.0.113.9"),
+    ("x-forwarded-for", "198.51.100.1"),
+    ("x-forwarded-host", "evil.example"),
+    ("x-forwarded-proto", "https"),
+    ("x-real-ip", "203.0.113.9"),
+];
+
+/// `GET /api/whoami` carrying [`SPOOFED`], over `client`.
+async fn spoofing_get(client: &HttpClient, url: &str) -> Resp {
+    let mut req = request("GET", url).header("authorization", bearer(ALPHA_KEY));
+    for (name, value) in SPOOFED {
+        req = req.header(name, value);
+    }
+    client.send(req.body(empty_body()).unwrap()).await.unwrap()
+}
+
+#[track_caller]
+fn assert_no_claim_of_the_client_arrived(got: &Recorded) {
+    let everything = got.everything();
+    for spoofed in ["203.0.113.9", "198.51.100.1", "evil.example"] {
+        assert!(
+            !everything.contains(spoofed),
+            "{spoofed} arrived: {everything}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_forwarding_headers_are_stripped_by_default() {
+    bounded(20, async {
+        let mock = MockUpstream::start(|_| Reply::json(200, "{}")).await;
+        let gw = TestGateway::start(&mock.base_url(), Options::default()).await;
+        let url = gw.url("/api/whoami");
+        for client in [HttpClient::http1(), HttpClient::h2c()] {
+            assert_eq!(spoofing_get(&client, &url).await.status, 200);
+        }
+        let raw = format!(
+            "GET /api/whoami HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {ALPHA_KEY}\r\n\
+             FORWARDED: for=203.0.113.9\r\nX-Forwarded-For: 203.0.113.9, 198.51.100.1\r\n\
+             x-real-ip: 203.0.113.9\r\nConnection: close\r\n\r\n"
+        );
+        assert_eq!(
+            raw_request(gw.client_addr, raw.as_bytes()).await.status,
+            200
+        );
+
+        let received = mock.received();
+        assert_eq!(received.len(), 3);
+        for got in &received {
+            for (name, _) in SPOOFED {
+                assert!(!got.headers.contains_key(name), "{name}: {:?}", got.headers);
+            }
+            assert_no_claim_of_the_client_arrived(got);
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replace_the_upstream_is_told_the_address_and_scheme_the_gateway_saw() {
+    bounded(20, async {
+        let mock = MockUpstream::start(|_| Reply::json(200, "{}")).await;
+        let ca = TestCa::new();
+        for (tls, proto) in [(false, "http"), (true, "https")] {
+            let options = Options {
+                forwarded_headers: ForwardedHeaders::Replace,
+                server_tls: tls.then(|| ca.tls_settings()),
+                ..Options::default()
+            };
+            let gw = TestGateway::start(&mock.base_url(), options).await;
+            let clients = if tls {
+                vec![
+                    HttpClient::https(&ca, Alpn::Http1),
+                    HttpClient::https(&ca, Alpn::H2),
+                ]
+            } else {
+                vec![HttpClient::http1(), HttpClient::h2c()]
+            };
+            let before = mock.count();
+            for client in &clients {
+                assert_eq!(
+                    spoofing_get(client, &gw.url("/api/whoami")).await.status,
+                    200
+                );
+            }
+            let received = mock.received();
+            assert_eq!(received.len(), before + clients.len());
+            for got in &received[before..] {
+                let all = |name| got.headers.get_all(name).iter().collect::<Vec<_>>();
+                // The tests connect from 127.0.0.1: the one address the gateway saw.
+                assert_eq!(all("x-forwarded-for"), ["127.0.0.1"], "{:?}", got.headers);
+                assert_eq!(all("x-forwarded-proto"), [proto]);
+                let forwarded = format!("for=127.0.0.1;proto={proto}");
+                assert_eq!(all("forwarded"), [forwarded.as_str()]);
+                assert!(all("x-forwarded-host").is_empty());
+                assert!(all("x-real-ip").is_empty());
+                assert_no_claim_of_the_client_arrived(got);
+            }
+            gw.shutdown().await;
+        }
+    })
+    .await
+}

@@ -190,6 +190,60 @@ async fn invalid_json_on_the_tracking_link_update_is_400_and_costs_nothing() {
     .await
 }
 
+/// Pairs of `Authorization` values a request may carry: whichever of the two a reader took, it
+/// would disagree with another reader that took the other.
+fn two_authorizations() -> [[String; 2]; 3] {
+    [
+        [bearer(ALPHA_KEY), bearer(ACCOUNTS_KEY)],
+        [bearer(ALPHA_KEY), bearer("ofgw_not_a_key")],
+        ["Basic b2ZndzphYmM=".to_owned(), bearer(ALPHA_KEY)],
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_authorization_headers_over_http1_are_400_and_never_forwarded() {
+    bounded(20, async {
+        let (mock, gw, _) = setup().await;
+        for [first, second] in two_authorizations() {
+            let raw = format!(
+                "GET /api/whoami HTTP/1.1\r\nHost: gw\r\nAuthorization: {first}\r\n\
+                 Authorization: {second}\r\nConnection: close\r\n\r\n"
+            );
+            let resp = raw_request(gw.client_addr, raw.as_bytes()).await;
+            assert_raw_gateway_error(&resp, 400, "bad_request");
+            assert!(
+                resp.json()["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Authorization"),
+                "{resp:?}"
+            );
+        }
+        assert_nothing_forwarded(&mock);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_authorization_headers_over_h2_are_400_and_never_forwarded() {
+    bounded(20, async {
+        let (mock, gw, _) = setup().await;
+        let client = HttpClient::h2c();
+        for [first, second] in two_authorizations() {
+            let req = request("GET", &gw.url("/api/whoami"))
+                .header("authorization", first.as_str())
+                .header("authorization", second.as_str())
+                .body(empty_body())
+                .unwrap();
+            let resp = client.send(req).await.unwrap();
+            assert_eq!(resp.version, http::Version::HTTP_2);
+            assert_gateway_error(&resp, 400, "bad_request");
+        }
+        assert_nothing_forwarded(&mock);
+    })
+    .await
+}
+
 // --- 401 -------------------------------------------------------------------------------------
 
 #[track_caller]

@@ -127,6 +127,19 @@ pub struct UpstreamConfig {
     pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    pub forwarded_headers: ForwardedHeaders,
+}
+
+/// `upstream.forwarded_headers`: what becomes of the proxy headers a client sends
+/// (`Forwarded`, `X-Forwarded-For`, `-Host`, `-Proto`, `X-Real-IP`), which are its own claims.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForwardedHeaders {
+    /// They go, and nothing replaces them: the upstream sees the gateway as the client.
+    #[default]
+    Strip,
+    /// They go, and `Forwarded`, `X-Forwarded-For` and `X-Forwarded-Proto` say what the
+    /// gateway saw: the address the connection came from and the listener's scheme.
+    Replace,
 }
 
 impl UpstreamConfig {

@@ -82,6 +82,15 @@ pub(crate) struct RawUpstream {
     pub connect_timeout: Option<String>,
     /// Deadline for the upstream's response head, default `"60s"`.
     pub timeout: Option<String>,
+    /// What the upstream learns of the client's address: `"strip"` (default) or `"replace"`.
+    pub forwarded_headers: Option<RawForwardedHeaders>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawForwardedHeaders {
+    Strip,
+    Replace,
 }
 
 #[derive(Debug, Default, Deserialize)]

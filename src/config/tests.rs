@@ -105,6 +105,7 @@ api_key_env = "MY_UPSTREAM_KEY"
 ca_file = "{cert}"
 connect_timeout = "3s"
 timeout = "2m"
+forwarded_headers = "replace"
 
 [rate_limit]
 requests_per_minute = 5000
@@ -180,6 +181,7 @@ disabled = true
     assert_eq!(c.upstream.extra_roots.len(), 1);
     assert_eq!(c.upstream.connect_timeout, Duration::from_secs(3));
     assert_eq!(c.upstream.timeout, Duration::from_secs(120));
+    assert_eq!(c.upstream.forwarded_headers, ForwardedHeaders::Replace);
 
     assert_eq!(c.rate_limit.requests_per_minute.get(), 5000);
     assert_eq!(c.rate_limit.headroom, 0.5);
@@ -253,6 +255,7 @@ fn an_empty_file_gets_the_spec_defaults() {
     assert!(c.upstream.extra_roots.is_empty());
     assert_eq!(c.upstream.connect_timeout, Duration::from_secs(5));
     assert_eq!(c.upstream.timeout, Duration::from_secs(60));
+    assert_eq!(c.upstream.forwarded_headers, ForwardedHeaders::Strip);
     assert_eq!(c.rate_limit.requests_per_minute.get(), 1000);
     assert_eq!(c.rate_limit.headroom, 0.9);
     assert_eq!(c.rate_limit.max_wait, Duration::from_secs(2));
@@ -341,6 +344,14 @@ fn wrong_types_are_refused_with_their_dotted_path() {
         "clients[0].budget_period",
     );
     assert!(msg.contains("`day`") && msg.contains("`month`"), "{msg}");
+    let msg = refused(
+        "[upstream]\nforwarded_headers = \"keep\"",
+        "upstream.forwarded_headers",
+    );
+    assert!(
+        msg.contains("`strip`") && msg.contains("`replace`"),
+        "{msg}"
+    );
     refused("[sandbox]\ndemo_client_key = \"k\"", "sandbox");
 }
 

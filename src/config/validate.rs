@@ -14,11 +14,13 @@ use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use zeroize::Zeroizing;
 
-use super::raw::{OneOrMany, RawBudgetPeriod, RawClient, RawConfig, RawSandbox};
+use super::raw::{
+    OneOrMany, RawBudgetPeriod, RawClient, RawConfig, RawForwardedHeaders, RawSandbox,
+};
 use super::{
     AdminConfig, BudgetPeriod, Client, ClientId, ClientRegistry, Config, ConfigError,
-    CreditsConfig, KeyHash, LedgerConfig, RateLimitConfig, RoutePattern, SandboxConfig, Secret,
-    ServerConfig, TlsSettings, UpstreamConfig,
+    CreditsConfig, ForwardedHeaders, KeyHash, LedgerConfig, RateLimitConfig, RoutePattern,
+    SandboxConfig, Secret, ServerConfig, TlsSettings, UpstreamConfig,
 };
 
 // SPEC §4 defaults.
@@ -404,6 +406,10 @@ pub(crate) fn validate(
             DEFAULT_UPSTREAM_TIMEOUT,
             false,
         )?,
+        forwarded_headers: match u.forwarded_headers {
+            Some(RawForwardedHeaders::Replace) => ForwardedHeaders::Replace,
+            Some(RawForwardedHeaders::Strip) | None => ForwardedHeaders::Strip,
+        },
     };
 
     // [rate_limit]

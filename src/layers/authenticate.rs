@@ -1,6 +1,10 @@
 //! Authentication: the gateway key in `Authorization: Bearer ...` is hashed with SHA-256 and
 //! looked up among the clients' hashes (the keys themselves are never stored). A known, enabled
 //! client goes into the request's extensions as `Arc<Client>`; anything else is 401.
+//!
+//! `Authorization` is a singleton field (RFC 9110 §11.6.2): a request with two is malformed and
+//! gets 400. Taking either one would let two parties that read the request (a proxy in front,
+//! the gateway, a log) disagree about whose request it is.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -64,25 +68,32 @@ where
                 req.extensions_mut().insert(client);
                 Either::Right(self.inner.call(req))
             }
-            Err(why) => reject(GatewayError::Unauthenticated(why)),
+            Err(error) => reject(error),
         }
     }
 }
 
 impl<S> Authenticate<S> {
-    fn identify(&self, req: &Request<Body>) -> Result<Arc<Client>, &'static str> {
-        let header = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .ok_or("send your gateway key as Authorization: Bearer <key>")?;
-        let key = bearer_token(header.as_bytes()).ok_or("malformed Authorization header")?;
+    fn identify(&self, req: &Request<Body>) -> Result<Arc<Client>, GatewayError> {
+        let unauthenticated = GatewayError::Unauthenticated;
+        let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
+        let header = values.next().ok_or(unauthenticated(
+            "send your gateway key as Authorization: Bearer <key>",
+        ))?;
+        if values.next().is_some() {
+            return Err(GatewayError::BadRequest(
+                "more than one Authorization header".into(),
+            ));
+        }
+        let key = bearer_token(header.as_bytes())
+            .ok_or(unauthenticated("malformed Authorization header"))?;
         let config = self.config.load();
         let client = config
             .clients
             .lookup(&KeyHash::of_key(key))
-            .ok_or("unknown gateway key")?;
+            .ok_or(unauthenticated("unknown gateway key"))?;
         if client.disabled {
-            return Err("this gateway key is disabled");
+            return Err(unauthenticated("this gateway key is disabled"));
         }
         Ok(Arc::clone(client))
     }

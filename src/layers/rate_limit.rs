@@ -2,7 +2,8 @@
 //! shared upstream budget (at most `max_wait`), or gets 429 without reaching the upstream. The
 //! answer's `x-rate-limit-*` / `x-ofapi-is-cached` headers steer the budget; an upstream 429
 //! pauses all forwarding and reaches the client as the gateway's own 429. Every answer tells the
-//! client where it stands with `RateLimit-Limit`, `-Remaining` and `-Reset`.
+//! client where it stands with `RateLimit-Limit`, `-Remaining` and `-Reset`; a 429's say the
+//! limit that refused, `Remaining: 0`, and a reset at its `Retry-After`.
 //!
 //! The slot's [`Ticket`] travels on in the request's extensions, so that the meter can report
 //! what the body's `_meta` says when the headers said nothing.
@@ -89,11 +90,7 @@ where
                 let retry_after = retry_after(response.headers());
                 limiter.pause(retry_after);
                 let wait = retry_after.unwrap_or_else(|| limiter.upstream_wait());
-                return Err(refused(Refusal {
-                    retry_after: wait,
-                    scope: Scope::Upstream,
-                    status: limiter.status(&client),
-                }));
+                return Err(refused(limiter.refusal(&client, wait, Scope::Upstream)));
             }
             set_status_headers(response.headers_mut(), limiter.status(&client));
             Ok(response)

@@ -5,11 +5,47 @@
 //! minute) to at most `limit`. It is written out here rather than taken from governor because
 //! the budget needs three things governor's limiter does not offer: a look at the next free slot
 //! without taking it (for the fair queue), giving a slot back (cached upstream answers do not
-//! count), and resizing to a new limit without letting a burst through.
+//! count), and rescaling to a new limit.
 //!
 //! On top of the pacing, the upstream's own reports steer it: `remaining_minute` lower than what
 //! the gateway sent implies someone else uses the key, so the window's allowance shrinks to it
 //! (at 0: hold until the minute turns); an upstream 429 pauses everything for its `Retry-After`.
+//!
+//! # A new limit
+//!
+//! The GCRA's state is its theoretical arrival time `tat`; `tat - now` is what the gateway owes
+//! the pace, `(tat - now) / period` slots. When the upstream reports a new `limit_minute`, the
+//! owed slots are kept and their time is rescaled to the new period: `tat' = now + (tat - now) ×
+//! period' / period` (rounded up). Keeping the old `tat` instead would keep the old pace: after
+//! one report of 10 a minute, 6.7 s owed per request, while the next report says 5000 again.
+//! Slots the rescaled state lets through at once are further bounded by the `remaining_minute`
+//! of the same report, which becomes the minute's allowance right after the rescale.
+//!
+//! Why no 60-second window in which the limit did not fall holds more than the limit in force
+//! at its end (with a constant limit, SPEC §6's bound): count the owed slots `x`. Each request
+//! adds one; between requests `x` falls by `dt / period` (never below 0); a request goes only
+//! when `x ≤ burst - 1`; a rise leaves `x` as it was (or rounds it up). For `n` requests
+//! inside one window, the `x` before the last is at least `n - 1` minus what fell during the
+//! window, and what fell is at most `∫ dt / period(t)`, less than the largest `per_minute` in
+//! force in the window because `period ≥ 60 s / per_minute`. So `n - 1 < burst - 1 +
+//! max(per_minute)`, and when the limit only rose, that maximum is the newest limit's: `n ≤
+//! burst + per_minute - 1 = limit`. Nothing is assumed about `x` at the window's start, so a
+//! window starting after a fall is bounded by the new limit too.
+//!
+//! A fall cannot keep that bound for windows reaching back before it: requests already sent
+//! under the old limit cannot be unsent, and they are in the upstream's count for its minute,
+//! whose `remaining_minute` the allowance enforces. Rescaled slot for slot, a fall would turn
+//! them into a wait far beyond that minute (500 slots owed at 5000 a minute are 55 minutes at
+//! 10), so a rescale never moves the next slot further away than it was: the owed time is
+//! capped at the old wait plus the new tolerance. After a fall the next slot is then as near
+//! as it was (or free now), with the new burst spent. The cap never binds on a rise: a higher
+//! limit has a shorter period and a burst at least as large (`limit - floor(limit × headroom)`
+//! never shrinks as `limit` grows), so the slots owed, rescaled, fit under it.
+//!
+//! What a fall's cap forgave stays forgiven, so across a one-off low report (a fall, then a
+//! rise back) the gateway may burst again. In the upstream's minute, the `remaining_minute` of
+//! the report that raised the limit still bounds that, through the allowance; only the
+//! gateway's own stricter bound over any 60 seconds is not kept across a fall.
 
 use std::time::Duration;
 
@@ -196,16 +232,17 @@ impl UpstreamBudget {
         }
     }
 
+    /// A new learned limit: its pace, with the slots owed rescaled to it (see the module doc).
     fn resize(&mut self, limit: u32, now: Duration) {
         tracing::info!(
             from = self.limit,
             to = limit,
-            "upstream rate limit changed; resizing the budget"
+            "upstream rate limit changed; rescaling the budget"
         );
         let (per_minute, period, burst) = pacing(limit, self.headroom);
         self.limit = limit;
         self.per_minute = per_minute;
-        self.gcra.resize(period, burst, now);
+        self.gcra.rescale(period, burst, now);
     }
 }
 
@@ -251,12 +288,27 @@ impl Gcra {
         self.tat = self.tat.saturating_sub(self.period);
     }
 
-    /// A new pace, starting with no burst in hand: the next slot is free now at the earliest.
-    fn resize(&mut self, period: Duration, burst: u32, now: Duration) {
+    /// A new pace. The slots owed at `now` are kept, their time rescaled to the new period,
+    /// but never so that the next slot moves further away (the module doc says why).
+    fn rescale(&mut self, period: Duration, burst: u32, now: Duration) {
+        let owed = self.tat.saturating_sub(now);
+        let rescaled = rescale(owed, period, self.period);
+        let tolerance = period * burst.saturating_sub(1);
+        // The wait for the next slot stays at most what it was. It binds only when the pace
+        // slows: a higher limit has a shorter period and a burst at least as large, so then
+        // `rescaled ≤ cap` and every owed slot stays owed.
+        let cap = owed.saturating_sub(self.tolerance) + tolerance;
         self.period = period;
-        self.tolerance = period * burst.saturating_sub(1);
-        self.tat = self.tat.max(now + self.tolerance);
+        self.tolerance = tolerance;
+        self.tat = now + rescaled.min(cap);
     }
+}
+
+/// `owed × to / from`, rounded up to the nanosecond: a slot owed stays a whole slot.
+fn rescale(owed: Duration, to: Duration, from: Duration) -> Duration {
+    let from = from.as_nanos().max(1);
+    let nanos = (owed.as_nanos() * to.as_nanos()).div_ceil(from);
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -401,22 +453,165 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_new_limit_resizes_without_a_burst() {
-        let mut budget = UpstreamBudget::new(clock(), 100, 0.9);
-        let ticket = budget.try_take().unwrap();
+    fn report(limit: Option<u32>, remaining: Option<u32>) -> UpstreamReport {
+        UpstreamReport {
+            limit_minute: limit,
+            remaining_minute: remaining,
+            cached: false,
+        }
+    }
+
+    /// Takes a slot that must be free now, and ends its request.
+    fn take_now(budget: &mut UpstreamBudget) -> Ticket {
+        let ticket = budget.try_take().expect("a free slot");
         budget.finish(ticket);
-        budget.observe(
-            ticket,
-            UpstreamReport {
-                limit_minute: Some(5000),
-                ..Default::default()
-            },
-        );
+        ticket
+    }
+
+    /// Takes every slot free now; how many.
+    fn take_all_free(budget: &mut UpstreamBudget) -> usize {
+        let mut taken = 0;
+        while let Ok(ticket) = budget.try_take() {
+            budget.finish(ticket);
+            taken += 1;
+        }
+        taken
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_report_of_the_old_limit_right_after_a_low_one_leaves_no_stale_pacing() {
+        let mut budget = UpstreamBudget::new(clock(), 1000, 0.9);
+        let first = take_now(&mut budget);
+        budget.observe(first, report(Some(10), Some(9)));
+        // At 10 a minute: a burst of 2, so one more now; then 6.7 s a slot.
+        let second = take_now(&mut budget);
+        budget.observe(second, report(Some(5000), Some(4498)));
         assert_eq!(budget.limit(), 5000);
-        // Burst now 501, yet only one slot is free at once; then the new pace.
-        assert!(budget.try_take().is_ok());
-        let wait = budget.try_take().unwrap_err();
-        assert_eq!(wait, Duration::from_nanos(60_000_000_000u64.div_ceil(4500)));
+        assert_eq!(budget.wait(), Duration::ZERO, "no pace of 10 a minute left");
+        // The new burst of 501, less the two slots still owed (now 13 ms each).
+        assert_eq!(take_all_free(&mut budget), 499);
+        assert_eq!(
+            budget.wait(),
+            Duration::from_nanos(60_000_000_000u64.div_ceil(4500))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_report_of_a_limit_of_1_is_undone_by_the_next_report() {
+        let mut budget = UpstreamBudget::new(clock(), 1000, 0.9);
+        let (first, second) = (take_now(&mut budget), take_now(&mut budget));
+        budget.observe(first, report(Some(1), None));
+        let wait = budget.wait();
+        assert!(wait < Duration::from_millis(200), "{wait:?}");
+        tokio::time::advance(wait).await;
+        // One a minute: the request taken now owes the whole minute.
+        let third = take_now(&mut budget);
+        assert!(budget.wait() > Duration::from_secs(59));
+        budget.observe(second, report(Some(5000), Some(4997)));
+        assert_eq!(budget.wait(), Duration::ZERO);
+        budget.observe(third, report(Some(5000), Some(4996)));
+        assert!(take_all_free(&mut budget) >= 499);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fall_never_moves_the_next_slot_further_away() {
+        let mut budget = UpstreamBudget::new(clock(), 5000, 0.9);
+        assert_eq!(take_all_free(&mut budget), 501);
+        let last = take_now_after_wait(&mut budget).await;
+        let before = budget.wait();
+        assert_eq!(before, Duration::from_nanos(13_333_334));
+        // 502 slots owed at 13 ms would be 56 minutes at 10 a minute.
+        budget.observe(last, report(Some(10), None));
+        assert_eq!(budget.wait(), before);
+        take_now_after_wait(&mut budget).await;
+        assert_eq!(
+            budget.wait(),
+            Duration::from_nanos(6_666_666_667),
+            "then the pace of 10 a minute, from a spent burst"
+        );
+    }
+
+    /// Waits for the next slot and takes it.
+    async fn take_now_after_wait(budget: &mut UpstreamBudget) -> Ticket {
+        tokio::time::advance(budget.wait()).await;
+        take_now(budget)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_window_in_which_the_limit_did_not_fall_holds_more_than_the_newest_limit() {
+        // (second, limit reported): rises from a low pace and from a spent burst, falls between.
+        let reports = [
+            (20, 10),
+            (40, 5000),
+            (70, 60),
+            (75, 90),
+            (80, 1000),
+            (130, 100),
+            (140, 3000),
+        ];
+        let mut budget = UpstreamBudget::new(clock(), 100, 0.9);
+        let mut next_report = 0;
+        // Each request: when it went, and the limit in force then.
+        let mut sent: Vec<(Duration, u32)> = Vec::new();
+        let until = Duration::from_secs(200);
+        while budget.clock.elapsed() < until {
+            let now = budget.clock.elapsed();
+            if let Some(&(at, limit)) = reports.get(next_report) {
+                if now >= Duration::from_secs(at) {
+                    let ticket = Ticket {
+                        minute: budget.clock.minute_of(now),
+                    };
+                    budget.observe(ticket, report(Some(limit), None));
+                    next_report += 1;
+                    continue;
+                }
+            }
+            match budget.try_take() {
+                Ok(ticket) => {
+                    budget.finish(ticket);
+                    sent.push((now, budget.limit()));
+                }
+                Err(wait) => {
+                    let until_report = reports
+                        .get(next_report)
+                        .map_or(until, |&(at, _)| Duration::from_secs(at))
+                        .saturating_sub(now);
+                    tokio::time::advance(wait.min(until_report)).await;
+                }
+            }
+        }
+        let falls: Vec<Duration> = reports
+            .iter()
+            .zip(std::iter::once(&(0, 100)).chain(&reports))
+            .filter(|((_, limit), (_, before))| limit < before)
+            .map(|((at, _), _)| Duration::from_secs(*at))
+            .collect();
+        let mut checked = 0;
+        let mut end = 0;
+        for (first, &(start, _)) in sent.iter().enumerate() {
+            while end < sent.len() && sent[end].0 < start + MINUTE {
+                end += 1;
+            }
+            let (last_at, newest) = sent[end - 1];
+            // A report at the moment of a request came before it.
+            if falls.iter().any(|fall| start < *fall && *fall <= last_at) {
+                continue;
+            }
+            let n = end - first;
+            assert!(
+                n <= newest as usize,
+                "{n} requests in the window from {start:?}, limit {newest}"
+            );
+            checked += 1;
+        }
+        assert!(checked > sent.len() / 3, "{checked} of {}", sent.len());
+        // Each rise takes effect at once: the new burst goes as soon as it is reported.
+        let sent_in = |from: u64, to: u64| {
+            sent.iter()
+                .filter(|(at, _)| (Duration::from_secs(from)..Duration::from_secs(to)).contains(at))
+                .count()
+        };
+        assert!(sent_in(40, 41) >= 450, "{}", sent_in(40, 41));
+        assert!(sent_in(140, 141) >= 250, "{}", sent_in(140, 141));
     }
 }

@@ -58,8 +58,9 @@ impl Scope {
     }
 }
 
-/// What the `RateLimit-Limit`, `-Remaining` and `-Reset` headers say: the tighter of the
-/// client's own limit and the upstream budget, in the current minute.
+/// What the `RateLimit-Limit`, `-Remaining` and `-Reset` headers say: on an answer, the tighter
+/// of the client's own limit and the upstream budget, in the current minute; on a refusal, the
+/// limit that refused, with nothing remaining until its `Retry-After`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimitStatus {
     pub limit: u32,
@@ -286,11 +287,30 @@ impl Limiter {
         }
     }
 
-    fn refusal(&self, client: &Client, retry_after: Duration, scope: Scope) -> Refusal {
+    /// A 429 from `scope`'s limit. Its `RateLimit-*` headers speak for the limit that refused:
+    /// nothing remains, and the reset is when the request could have gone (its `Retry-After`),
+    /// so they never tell the client it may send what was just refused.
+    pub fn refusal(&self, client: &Client, retry_after: Duration, scope: Scope) -> Refusal {
+        // The headers round both to whole seconds the same way only from a millisecond on.
+        let retry_after = retry_after.max(Duration::from_millis(1));
+        let own_limit = match scope {
+            Scope::Client => self
+                .inner
+                .clients
+                .load()
+                .get(&client.id)
+                .map(|limit| limit.per_minute.get()),
+            Scope::Upstream => None,
+        };
+        let limit = own_limit.unwrap_or_else(|| lock(&self.inner.state).budget.status().limit);
         Refusal {
             retry_after,
             scope,
-            status: self.status(client),
+            status: RateLimitStatus {
+                limit,
+                remaining: 0,
+                reset: retry_after,
+            },
         }
     }
 }

@@ -267,14 +267,9 @@ async fn a_client_over_its_own_limit_gets_429_while_another_is_served() {
         if resp.status() == StatusCode::TOO_MANY_REQUESTS {
             refused += 1;
             assert_eq!(resp.headers()["ratelimit-limit"], "20");
-            assert!(
-                resp.headers()["retry-after"]
-                    .to_str()
-                    .unwrap()
-                    .parse::<u64>()
-                    .unwrap()
-                    >= 1
-            );
+            let (remaining, reset, retry_after) = refusal_headers(&resp);
+            assert!(retry_after >= 1);
+            assert_eq!((remaining, reset), (0, retry_after));
         }
     }
     // A burst of 1 + 20/20 = 2, then one every 60/19 s.
@@ -450,4 +445,80 @@ async fn a_busy_client_cannot_take_the_slots_another_is_waiting_for() {
     for task in busy_tasks {
         let _ = task.await.unwrap();
     }
+}
+
+/// The rate-limit headers of a 429, with its `Retry-After`.
+fn refusal_headers(resp: &Response<Body>) -> (u64, u64, u64) {
+    let number = |name: &str| -> u64 { resp.headers()[name].to_str().unwrap().parse().unwrap() };
+    (
+        number("ratelimit-remaining"),
+        number("ratelimit-reset"),
+        number("retry-after"),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_right_after_the_old_limit_is_reported_again_are_not_refused() {
+    let config = config(1000, 0.9, "2s", &client_toml("a", 'a', None));
+    let clock = clock();
+    let limiter = Limiter::with_clock(&config, clock);
+    let seen = Arc::new(Seen::default());
+    // One answer says 10 a minute, every later one 5000 again.
+    let upstream = scripted(|n| {
+        let (limit, remaining) = if n == 0 {
+            ("10".to_owned(), "9".to_owned())
+        } else {
+            ("5000".to_owned(), (4999 - n).to_string())
+        };
+        ok_with(&[
+            ("x-rate-limit-limit-minute", &limit),
+            ("x-rate-limit-remaining-minute", &remaining),
+        ])
+    });
+    let mut svc = gateway(limiter.clone(), clock, seen.clone(), upstream);
+    let a = client(&config, "a");
+    let started = clock.elapsed();
+    for call in 0..100 {
+        let resp = send(&mut svc, &a).await;
+        assert_eq!(resp.status(), StatusCode::OK, "call {call}");
+    }
+    assert_eq!(limiter.upstream_limit(), 5000);
+    assert_eq!(seen.count(), 100);
+    assert_eq!(clock.elapsed(), started, "no call waited");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upstream_budget_429_says_nothing_remains_until_its_retry_after() {
+    let config = config(1000, 0.9, "2s", &client_toml("a", 'a', None));
+    let clock = clock();
+    let seen = Arc::new(Seen::default());
+    let upstream = scripted(|n| {
+        ok_with(&[
+            ("x-rate-limit-limit-minute", "10"),
+            ("x-rate-limit-remaining-minute", &(9 - n).to_string()),
+        ])
+    });
+    let mut svc = gateway(
+        Limiter::with_clock(&config, clock),
+        clock,
+        seen.clone(),
+        upstream,
+    );
+    let a = client(&config, "a");
+    // At 10 a minute the burst is 2; the next slot is 6.7 s away, past max_wait.
+    assert_eq!(send(&mut svc, &a).await.status(), StatusCode::OK);
+    let second = send(&mut svc, &a).await;
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(second.headers()["ratelimit-limit"], "9");
+    let refused = send(&mut svc, &a).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(seen.count(), 2);
+    assert_eq!(refused.headers()["ratelimit-limit"], "9");
+    let (remaining, reset, retry_after) = refusal_headers(&refused);
+    assert_eq!(remaining, 0, "the 429 leaves nothing to send now");
+    assert_eq!(retry_after, 7);
+    assert_eq!(
+        reset, retry_after,
+        "the quota is back when the retry is due"
+    );
 }

@@ -373,6 +373,7 @@ mod tests {
             extra_roots: Vec::new(),
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
+            forwarded_headers: Default::default(),
         };
         UpstreamClient::new(&config, &config.base_url).unwrap()
     }

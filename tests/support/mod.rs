@@ -29,6 +29,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as LegacyClient;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+pub use ofapi_gateway::config::ForwardedHeaders;
 use ofapi_gateway::config::{
     AdminConfig, BudgetPeriod, Client, ClientId, ClientRegistry, Config, CreditsConfig, KeyHash,
     LedgerConfig, PatternSegment, RateLimitConfig, RoutePattern, Secret, ServerConfig, TlsSettings,
@@ -562,6 +563,7 @@ pub struct Options {
     pub extra_roots: Vec<CertificateDer<'static>>,
     /// TLS termination on the client listener.
     pub server_tls: Option<TlsSettings>,
+    pub forwarded_headers: ForwardedHeaders,
 }
 
 impl Default for Options {
@@ -577,6 +579,7 @@ impl Default for Options {
             max_connections: 10_000,
             extra_roots: Vec::new(),
             server_tls: None,
+            forwarded_headers: ForwardedHeaders::Strip,
         }
     }
 }
@@ -669,6 +672,7 @@ pub fn build_config(upstream_base_url: &str, options: Options, dir: &Path) -> Co
             extra_roots: options.extra_roots,
             connect_timeout: options.connect_timeout,
             timeout: options.upstream_timeout,
+            forwarded_headers: options.forwarded_headers,
         },
         rate_limit: RateLimitConfig {
             requests_per_minute: NonZeroU32::new(100_000).expect("nonzero"),
