@@ -9,6 +9,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod process;
+pub mod services;
 
 use std::future::Future;
 use std::net::SocketAddr;
