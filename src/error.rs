@@ -12,6 +12,10 @@ use crate::body::{full, Body, BoxError};
 pub enum GatewayError {
     /// 400: malformed path, invalid JSON.
     BadRequest(String),
+    /// 400 for a request whose body's end is unclear (its `Transfer-Encoding`): the connection
+    /// is closed after the answer (`Connection: close`), so nothing after that body is read as
+    /// another request.
+    BadFraming(String),
     /// 401: no, malformed, unknown or disabled gateway key.
     Unauthenticated(&'static str),
     /// 402: the client's credit budget for the period is spent.
@@ -53,7 +57,7 @@ pub enum GatewayError {
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::BadFraming(_) => StatusCode::BAD_REQUEST,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::BudgetExceeded(_) => StatusCode::PAYMENT_REQUIRED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -72,7 +76,7 @@ impl GatewayError {
     /// The machine-readable code of SPEC §5.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::BadRequest(_) => "bad_request",
+            Self::BadRequest(_) | Self::BadFraming(_) => "bad_request",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::BudgetExceeded(_) => "budget_exceeded",
             Self::Forbidden(_) => "forbidden",
@@ -90,7 +94,7 @@ impl GatewayError {
 
     fn message(&self) -> String {
         match self {
-            Self::BadRequest(why) => format!("Bad request: {why}."),
+            Self::BadRequest(why) | Self::BadFraming(why) => format!("Bad request: {why}."),
             Self::Unauthenticated(why) => format!("Unauthenticated: {why}."),
             Self::BudgetExceeded(why) => format!("Credit budget exceeded: {why}."),
             Self::Forbidden(why) => format!("Forbidden: {why}."),
@@ -176,6 +180,11 @@ impl GatewayError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"ofapi-gateway\""),
                 );
+            }
+            // hyper closes an HTTP/1.1 connection after a response that says so (HTTP/2 has no
+            // such header and no such request: h2 refuses `Transfer-Encoding` itself).
+            Self::BadFraming(_) => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

@@ -1,6 +1,8 @@
 //! Listeners and the life of the process: binds the client listener (plain or TLS), the admin
-//! listener and, in the quickstart, the sandbox; serves each connection with HTTP/1.1 and HTTP/2;
-//! on shutdown stops accepting and lets in-flight requests finish within `shutdown_grace`.
+//! listener and, in the quickstart, the sandbox; serves each connection with HTTP/1.1 and HTTP/2,
+//! closing it when idle or when a response waits too long on a client that takes no bytes
+//! (`server.send_timeout`); on shutdown stops accepting and lets in-flight requests finish within
+//! `shutdown_grace`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,6 +14,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -122,7 +125,10 @@ impl Gateway {
             .map(|_| UpstreamClient::new(&config.upstream, &base_url))
             .collect::<Result<Vec<_>, _>>()?;
         let grace = config.server.shutdown_grace;
-        let header_read_timeout = config.server.header_read_timeout;
+        let timeouts = ConnectionTimeouts {
+            idle: config.server.header_read_timeout,
+            send: config.server.send_timeout,
+        };
         let max_connections = config.server.max_connections;
         let tls = config.server.tls.as_ref().map(|tls| {
             Arc::new(ArcSwap::from_pointee(TlsAcceptor::from(Arc::clone(
@@ -189,7 +195,7 @@ impl Gateway {
                 tls: tls.clone(),
                 stopped: client_stopped.clone(),
                 grace,
-                header_read_timeout,
+                timeouts,
             },
             rest_stopped.clone(),
         )?;
@@ -205,7 +211,7 @@ impl Gateway {
                 tls: None,
                 stopped: rest_stopped,
                 grace,
-                header_read_timeout,
+                timeouts,
             },
             admin_service,
         )));
@@ -268,6 +274,7 @@ impl Gateway {
             || old.server.max_concurrent_requests != new.server.max_concurrent_requests
             || old.server.header_read_timeout != new.server.header_read_timeout
             || old.server.max_connections != new.server.max_connections
+            || old.server.send_timeout != new.server.send_timeout
         {
             needs_restart.push("server limits");
         }
@@ -531,9 +538,17 @@ struct Listening {
     stopped: watch::Receiver<bool>,
     /// How long draining may take.
     grace: Duration,
+    timeouts: ConnectionTimeouts,
+}
+
+/// The deadlines of every connection of a listener.
+#[derive(Clone, Copy, Debug)]
+struct ConnectionTimeouts {
     /// `server.header_read_timeout`: the time a client has to send a request's headers, and
     /// the time a connection may go without a request in flight.
-    header_read_timeout: Duration,
+    idle: Duration,
+    /// `server.send_timeout`: the time a response may wait on a client that takes no bytes.
+    send: Duration,
 }
 
 /// What hyper needs of a listener's service: cloned for each connection and moved to its task.
@@ -580,7 +595,7 @@ where
         tls,
         mut stopped,
         grace,
-        header_read_timeout,
+        timeouts,
     } = listening;
     let mut connections = tokio::task::JoinSet::new();
     // Each connection watches the stop signal itself, to close gracefully.
@@ -589,7 +604,7 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+        .header_read_timeout(timeouts.idle);
     builder.http2().timer(TokioTimer::new());
     hostile_input_limits(&mut builder);
     loop {
@@ -608,13 +623,14 @@ where
                 // Reap finished connection tasks so the set does not grow.
                 while connections.try_join_next().is_some() {}
                 let _ = stream.set_nodelay(true);
+                limit_unsent_bytes(&stream);
                 connections.spawn(serve_connection(
                     stream,
                     tls.as_ref().map(|acceptor| acceptor.load_full()),
                     builder.clone(),
                     service.clone(),
                     stop_signal.clone(),
-                    header_read_timeout,
+                    timeouts,
                     held,
                 ));
             }
@@ -727,8 +743,9 @@ impl Admission {
     }
 }
 
-/// Serves one connection until it ends, the gateway stops, or it has gone `idle_timeout`
-/// without a request in flight. What it holds (its slot) is released then.
+/// Serves one connection until it ends, the gateway stops, it has gone `timeouts.idle` without
+/// a request in flight, or a response has waited `timeouts.send` on a client that takes no bytes
+/// (see [`Activity::stalled`]). What it holds (its slot) is released then.
 ///
 /// hyper's HTTP/1.1 `header_read_timeout` bounds the wait for each request's headers, the idle
 /// time between keep-alive requests included, but only once the connection is known to be
@@ -746,7 +763,7 @@ async fn serve_connection<S, B>(
     builder: auto::Builder<TokioExecutor>,
     service: S,
     mut stopped: watch::Receiver<bool>,
-    idle_timeout: Duration,
+    timeouts: ConnectionTimeouts,
     _held: Held,
 ) where
     S: ConnectionService<B>,
@@ -762,20 +779,14 @@ async fn serve_connection<S, B>(
                 return;
             }
         }
-        _ = tokio::time::sleep(idle_timeout) => {
+        _ = tokio::time::sleep(timeouts.idle) => {
             tracing::debug!("closing a connection that sent nothing for server.header_read_timeout");
             return;
         }
         _ = stop_requested(&mut stopped) => return,
     }
     Box::pin(serve_http(
-        stream,
-        tls,
-        builder,
-        service,
-        stopped,
-        idle_timeout,
-        opened,
+        stream, tls, builder, service, stopped, timeouts, opened,
     ))
     .await;
 }
@@ -787,7 +798,7 @@ async fn serve_http<S, B>(
     builder: auto::Builder<TokioExecutor>,
     service: S,
     stopped: watch::Receiver<bool>,
-    idle_timeout: Duration,
+    timeouts: ConnectionTimeouts,
     opened: tokio::time::Instant,
 ) where
     S: ConnectionService<B>,
@@ -803,22 +814,26 @@ async fn serve_http<S, B>(
         activity: Arc::clone(&activity),
         connection,
     };
+    let socket = ClientSocket {
+        stream,
+        activity: Arc::clone(&activity),
+    };
     let result = match tls {
         None => {
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let conn = builder.serve_connection(TokioIo::new(socket), service);
             drive(
                 conn,
                 |c| c.graceful_shutdown(),
                 &activity,
-                idle_timeout,
+                timeouts,
                 stopped,
             )
             .await
         }
         Some(acceptor) => {
             let handshake = tokio::time::timeout(
-                TLS_HANDSHAKE_TIMEOUT.min(idle_timeout),
-                acceptor.accept(stream),
+                TLS_HANDSHAKE_TIMEOUT.min(timeouts.idle),
+                acceptor.accept(socket),
             )
             .await;
             let Ok(Ok(stream)) = handshake else {
@@ -830,7 +845,7 @@ async fn serve_http<S, B>(
                 conn,
                 |c| c.graceful_shutdown(),
                 &activity,
-                idle_timeout,
+                timeouts,
                 stopped,
             )
             .await
@@ -842,46 +857,135 @@ async fn serve_http<S, B>(
 }
 
 /// Polls a connection to its end, closing it gracefully when the gateway stops or when it has
-/// been idle for `idle_timeout`. A connection closed for idleness that does not finish within
-/// another `idle_timeout` (an HTTP/2 peer that never acknowledges the GOAWAY) is dropped.
+/// been idle for `timeouts.idle`. A connection closed for idleness that does not finish within
+/// another `timeouts.idle` (an HTTP/2 peer that never acknowledges the GOAWAY) is dropped.
+///
+/// A connection with a response that has waited `timeouts.send` on its client
+/// ([`Activity::stalled`]) is dropped at once, draining or not: a graceful close would wait on
+/// that very client. Dropping it closes the socket and drops every response body it holds, which
+/// frees their concurrency slots and upstream connections and has the meter record them as cut.
+/// On HTTP/2 that is the whole connection, its other streams included: hyper gives no handle to
+/// reset one stream, and it does not poll a body (which could then fail and reset its stream)
+/// while the stream has no flow-control capacity.
 async fn drive<C, E>(
     conn: C,
     graceful_shutdown: fn(Pin<&mut C>),
     activity: &Activity,
-    idle_timeout: Duration,
+    timeouts: ConnectionTimeouts,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), E>
 where
     C: Future<Output = Result<(), E>>,
 {
     let mut conn = std::pin::pin!(conn);
+    let mut stalled = std::pin::pin!(activity.stalled(timeouts.send));
     let idle = tokio::select! {
         result = conn.as_mut() => return result,
         _ = stop_requested(&mut stopped) => false,
-        _ = activity.idle_for(idle_timeout) => true,
+        _ = activity.idle_for(timeouts.idle) => true,
+        () = stalled.as_mut() => return cut_off(activity),
     };
     graceful_shutdown(conn.as_mut());
+    let closing = async {
+        tokio::select! {
+            result = conn => result,
+            () = stalled => cut_off(activity),
+        }
+    };
     if !idle {
         // The accept loop's `shutdown_grace` bounds the drain.
-        return conn.await;
+        return closing.await;
     }
     tracing::debug!("closing a connection idle for server.header_read_timeout");
-    match tokio::time::timeout(idle_timeout, conn).await {
+    match tokio::time::timeout(timeouts.idle, closing).await {
         Ok(result) => result,
         Err(_elapsed) => Ok(()),
     }
 }
 
-/// One connection's requests in flight, and since when it has had none.
+/// Marks a connection about to be dropped for its client taking no bytes, and says so (its
+/// responses are logged by the meter, as `cut`).
+fn cut_off<E>(activity: &Activity) -> Result<(), E> {
+    activity.cut.store(true, Ordering::Relaxed);
+    tracing::debug!("closing a connection whose client took no bytes for server.send_timeout");
+    Ok(())
+}
+
+/// The most bytes the kernel queues on a client socket beyond those in flight
+/// (`TCP_NOTSENT_LOWAT`). Linux grows a socket's send buffer up to `tcp_wmem`'s maximum (4 MiB
+/// by default) and, once it is full, reports room again only when a third of it has drained.
+/// Unbounded, that is 4 MiB of kernel memory held by each client that reads nothing (and kept
+/// after the close while the kernel tries to deliver it), and a reader slower than about a
+/// megabyte per `send_timeout` would see no write succeed for that long and be cut. With this
+/// bound a write succeeds each time about 16 KiB more has been taken. Only unsent bytes count,
+/// so a fast client's throughput (the bytes in flight) is not limited.
+const CLIENT_NOTSENT_LOWAT: u32 = 32 * 1024;
+
+/// Sets [`CLIENT_NOTSENT_LOWAT`] on a client socket (where the system has it).
+fn limit_unsent_bytes(stream: &TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(CLIENT_NOTSENT_LOWAT) {
+        tracing::debug!(%error, "could not set TCP_NOTSENT_LOWAT");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = stream;
+}
+
+/// Ticks of [`Activity::stalled`]'s timer per `send_timeout`: a response is cut between one and
+/// `1 + 1 / SEND_TICKS` send timeouts after its client stopped taking bytes.
+const SEND_TICKS: u64 = 4;
+/// The waiting HTTP/2 bodies are counted by the tick they started waiting in, modulo this; at
+/// least `SEND_TICKS + 2`, so the tick that is checked is not shared with a younger one.
+const WAIT_BUCKETS: usize = 8;
+/// The largest data frame an HTTP/2 response body hands hyper at once. The body is asked for its
+/// next frame only once the one before has nearly all been sent, so this is what a stream must
+/// take per `send_timeout` not to be cut (16 KiB is also HTTP/2's default frame size, so the
+/// pieces cost no extra frames); upstream reads can be up to 64 KiB.
+const H2_MAX_PIECE: usize = 16 * 1024;
+/// `h1_waiting_since` when no HTTP/1.1 body is waiting.
+const NOT_WAITING: u64 = u64::MAX;
+
+/// One connection's requests in flight and since when it has had none, and how its responses
+/// wait on their client.
 ///
-/// Requests only update two atomics; [`Activity::idle_for`] looks at them when its timer fires,
-/// so a busy connection costs no wake-up or timer per request.
+/// Requests, bodies and writes only update atomics; [`Activity::idle_for`] and
+/// [`Activity::stalled`] look at them when their timers fire, so a busy connection costs no
+/// wake-up or timer per request.
+///
+/// # Responses waiting on their client (`server.send_timeout`)
+///
+/// hyper asks a response body for its next frame only when it can write it: on HTTP/1.1 when its
+/// write buffer has room again (the socket has taken what came before), on HTTP/2 when the stream
+/// has flow-control capacity again. A body that has handed over a frame (or its response head)
+/// and has not been asked for the next one since is therefore waiting on its client; a body
+/// waiting on the upstream has been asked, and is pending. A waiting body cannot notice how long
+/// it waits, since nothing polls it: the connection's timer does.
+///
+/// - HTTP/1.1 (one response at a time): cut when its body has waited `send_timeout` and the
+///   socket has taken no byte for as long. A client that reads slowly but steadily keeps the
+///   socket taking bytes, however long the body waits on hyper's full buffer.
+/// - HTTP/2 (streams share the socket, so writes say nothing of one stream): cut when any body
+///   has waited `send_timeout`: its stream's window stayed shut (or the socket took nothing).
+///   Bodies hand hyper at most [`H2_MAX_PIECE`] at a time, so a stream that takes 16 KiB per
+///   `send_timeout` is never cut.
 struct Activity {
     /// Requests whose response has not ended yet (their body included).
     in_flight: AtomicUsize,
     /// When `in_flight` last fell to zero, in milliseconds since `opened`.
     idle_since_ms: AtomicU64,
     opened: tokio::time::Instant,
+    /// Ticks of [`Activity::stalled`]'s timer so far: the clock waiting bodies are timed by.
+    tick: AtomicU64,
+    /// HTTP/2 bodies waiting on their client, by the tick they started waiting in (modulo
+    /// [`WAIT_BUCKETS`]).
+    h2_waiting: [AtomicUsize; WAIT_BUCKETS],
+    /// The tick the HTTP/1.1 response body started waiting in, or [`NOT_WAITING`].
+    h1_waiting_since: AtomicU64,
+    /// Writes the client's socket has taken (any number of bytes each).
+    writes: AtomicU64,
+    /// Set when the connection is dropped for [`Activity::stalled`]: its socket is then reset
+    /// rather than closed, so the kernel drops what the client never took at once.
+    cut: AtomicBool,
 }
 
 impl Activity {
@@ -890,12 +994,21 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             opened,
+            tick: AtomicU64::new(0),
+            h2_waiting: Default::default(),
+            h1_waiting_since: AtomicU64::new(NOT_WAITING),
+            writes: AtomicU64::new(0),
+            cut: AtomicBool::new(false),
         }
     }
 
-    fn request_started(self: &Arc<Self>) -> InFlight {
+    fn request_started(self: &Arc<Self>, http2: bool) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(Arc::clone(self))
+        InFlight {
+            activity: Arc::clone(self),
+            http2,
+            waiting_since: None,
+        }
     }
 
     /// Returns once the connection has had no request in flight for `timeout`.
@@ -916,15 +1029,99 @@ impl Activity {
             }
         }
     }
+
+    /// Returns once a response has waited `send_timeout` on a client that takes no bytes (see
+    /// the type's docs), at most `send_timeout / SEND_TICKS` later.
+    ///
+    /// Each tick, a body counted in tick `t` has been waiting for at least the whole ticks
+    /// after `t`; so one counted `SEND_TICKS + 1` ticks ago has waited `send_timeout`. (Older
+    /// HTTP/2 buckets need no look: their bodies were caught when the bucket was this old.)
+    async fn stalled(&self, send_timeout: Duration) {
+        let period = (send_timeout / SEND_TICKS as u32).max(Duration::from_millis(1));
+        let mut writes = self.writes.load(Ordering::Relaxed);
+        // Ticks in a row with no write.
+        let mut quiet = 0u64;
+        loop {
+            // A full period from the last look, even if that one came late (a busy thread):
+            // ticks that were missed are not made up in a burst, which would count a few
+            // moments as whole periods.
+            tokio::time::sleep(period).await;
+            let tick = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
+            let now = self.writes.load(Ordering::Relaxed);
+            if now == writes {
+                quiet += 1;
+            } else {
+                writes = now;
+                quiet = 0;
+            }
+            let Some(long_ago) = tick.checked_sub(SEND_TICKS + 1) else {
+                continue;
+            };
+            if self.h2_waiting[bucket(long_ago)].load(Ordering::Relaxed) > 0 {
+                return;
+            }
+            let h1_since = self.h1_waiting_since.load(Ordering::Relaxed);
+            if h1_since <= long_ago && quiet >= SEND_TICKS {
+                return;
+            }
+        }
+    }
+}
+
+/// The [`Activity::h2_waiting`] bucket of a tick.
+fn bucket(tick: u64) -> usize {
+    (tick % WAIT_BUCKETS as u64) as usize
 }
 
 /// A request in flight on a connection, until dropped (with its response body, or with the
-/// request's future if the connection went away first).
-struct InFlight(Arc<Activity>);
+/// request's future if the connection went away first); and whether its response is waiting on
+/// the client.
+///
+/// The counts it keeps are only read by the connection's timer, each on its own, and a count
+/// seen a moment late changes nothing there: `Relaxed` is enough.
+struct InFlight {
+    activity: Arc<Activity>,
+    http2: bool,
+    /// The tick the response started waiting on its client in, while it does.
+    waiting_since: Option<u64>,
+}
+
+impl InFlight {
+    /// The response has handed hyper its head or a frame: it waits until asked for the next.
+    fn waits_for_client(&mut self) {
+        if self.waiting_since.is_some() {
+            return;
+        }
+        let activity = &self.activity;
+        let tick = activity.tick.load(Ordering::Relaxed);
+        if self.http2 {
+            activity.h2_waiting[bucket(tick)].fetch_add(1, Ordering::Relaxed);
+        } else {
+            activity.h1_waiting_since.store(tick, Ordering::Relaxed);
+        }
+        self.waiting_since = Some(tick);
+    }
+
+    /// hyper asked for the next frame (or dropped the body): no longer waiting.
+    fn asked_for_more(&mut self) {
+        let Some(tick) = self.waiting_since.take() else {
+            return;
+        };
+        let activity = &self.activity;
+        if self.http2 {
+            activity.h2_waiting[bucket(tick)].fetch_sub(1, Ordering::Relaxed);
+        } else {
+            activity
+                .h1_waiting_since
+                .store(NOT_WAITING, Ordering::Relaxed);
+        }
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let activity = &self.0;
+        self.asked_for_more();
+        let activity = &self.activity;
         if activity.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             let now = activity.opened.elapsed().as_millis();
             activity
@@ -934,8 +1131,76 @@ impl Drop for InFlight {
     }
 }
 
-/// The connection's service, counting its requests in flight for the idle close, and putting
-/// the connection's [`ClientConnection`] in each request's extensions.
+/// The client's socket, counting the writes it takes for [`Activity::stalled`].
+struct ClientSocket {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl ClientSocket {
+    fn took(&self, written: &Poll<std::io::Result<usize>>) {
+        if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
+            self.activity.writes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for ClientSocket {
+    fn drop(&mut self) {
+        if self.activity.cut.load(Ordering::Relaxed) {
+            // The close then sends a reset at once, and cannot block.
+            let _ = self.stream.set_zero_linger();
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for ClientSocket {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ClientSocket {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.took(&written);
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.took(&written);
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The connection's service, counting its requests in flight for the idle close, timing their
+/// responses for the send timeout, and putting the connection's [`ClientConnection`] in each
+/// request's extensions.
 struct Tracked<H> {
     inner: H,
     activity: Arc<Activity>,
@@ -954,8 +1219,9 @@ where
         if let Some(connection) = self.connection {
             req.extensions_mut().insert(connection);
         }
+        let http2 = req.version() == http::Version::HTTP_2;
         TrackedFuture {
-            in_flight: Some(self.activity.request_started()),
+            in_flight: Some(self.activity.request_started(http2)),
             inner: self.inner.call(req),
         }
     }
@@ -978,45 +1244,84 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = ready!(this.inner.poll(cx))?;
-        let in_flight = this.in_flight.take();
+        let mut in_flight = this.in_flight.take();
+        // From here hyper writes the head, then asks for the body when it can.
+        if let Some(in_flight) = &mut in_flight {
+            in_flight.waits_for_client();
+        }
         Poll::Ready(Ok(response.map(|inner| TrackedBody {
             inner,
-            _in_flight: in_flight,
+            in_flight,
+            rest: Bytes::new(),
         })))
     }
 }
 
 pin_project! {
-    /// A response body that keeps its request in flight until hyper drops it (at its end).
+    /// A response body that keeps its request in flight until hyper drops it (at its end), and
+    /// says when it waits on the client. On HTTP/2 it hands its data on in pieces of at most
+    /// [`H2_MAX_PIECE`].
     struct TrackedBody<B> {
         #[pin]
         inner: B,
-        _in_flight: Option<InFlight>,
+        in_flight: Option<InFlight>,
+        // What is left of a data frame cut into pieces.
+        rest: Bytes,
     }
 }
 
-impl<B: http_body::Body> http_body::Body for TrackedBody<B> {
-    type Data = B::Data;
+impl<B: http_body::Body<Data = Bytes>> http_body::Body for TrackedBody<B> {
+    type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let Some(in_flight) = this.in_flight.as_mut() else {
+            return this.inner.poll_frame(cx);
+        };
+        in_flight.asked_for_more();
+        let frame = if this.rest.is_empty() {
+            match ready!(this.inner.poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                end_or_error => return Poll::Ready(end_or_error),
+            }
+        } else {
+            http_body::Frame::data(std::mem::take(this.rest))
+        };
+        let frame = match frame.into_data() {
+            Ok(mut data) if in_flight.http2 && data.len() > H2_MAX_PIECE => {
+                *this.rest = data.split_off(H2_MAX_PIECE);
+                http_body::Frame::data(data)
+            }
+            Ok(data) => http_body::Frame::data(data),
+            Err(frame) => frame,
+        };
+        in_flight.waits_for_client();
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        let inner = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(rest));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -1090,7 +1395,7 @@ mod tests {
         assert_eq!(opened.elapsed(), timeout);
 
         // A request in flight for 100 s keeps it busy; the clock starts when it ends.
-        let request = activity.request_started();
+        let request = activity.request_started(false);
         let idle = tokio::spawn({
             let activity = Arc::clone(&activity);
             async move { activity.idle_for(timeout).await }
@@ -1102,6 +1407,80 @@ mod tests {
         assert_eq!(
             opened.elapsed(),
             timeout + Duration::from_secs(100) + timeout
+        );
+    }
+
+    /// Watches `activity` for `send_timeout` on a task; its output is when it fired.
+    fn watch(activity: &Arc<Activity>, send_timeout: Duration) -> tokio::task::JoinHandle<Instant> {
+        let activity = Arc::clone(activity);
+        tokio::spawn(async move {
+            activity.stalled(send_timeout).await;
+            Instant::now()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_body_is_stalled_once_it_has_waited_on_its_client_for_the_send_timeout() {
+        let send_timeout = Duration::from_secs(60);
+        let activity = Arc::new(Activity::new(Instant::now()));
+        let stalled = watch(&activity, send_timeout);
+        let mut other = activity.request_started(true);
+        let mut body = activity.request_started(true);
+        // Asked for more every 59 s, for ten minutes: never stalled, while another stream of
+        // the connection waits on the upstream (asked, not yet answered).
+        other.waits_for_client();
+        other.asked_for_more();
+        for _ in 0..10 {
+            body.waits_for_client();
+            tokio::time::sleep(Duration::from_secs(59)).await;
+            body.asked_for_more();
+        }
+        assert!(!stalled.is_finished());
+        // Then it waits: the connection is cut between one and 1.25 send timeouts later.
+        let waiting = Instant::now();
+        body.waits_for_client();
+        let waited = stalled.await.unwrap() - waiting;
+        assert!(
+            waited >= send_timeout && waited <= send_timeout * 5 / 4,
+            "{waited:?}"
+        );
+
+        // A body dropped while it waits (its stream ended) no longer counts.
+        let stalled = watch(&activity, send_timeout);
+        let mut ended = activity.request_started(true);
+        ended.waits_for_client();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop((ended, body));
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(!stalled.is_finished());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http1_body_is_stalled_once_the_socket_has_also_taken_nothing_for_the_send_timeout()
+    {
+        let send_timeout = Duration::from_secs(60);
+        let activity = Arc::new(Activity::new(Instant::now()));
+        let stalled = watch(&activity, send_timeout);
+        let mut body = activity.request_started(false);
+        // Waiting on the upstream (asked for more) for ten minutes, nothing written: not stalled.
+        body.waits_for_client();
+        body.asked_for_more();
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(!stalled.is_finished());
+        // Waiting on the client for ten minutes, while the socket takes a write every 50 s (a
+        // slow reader behind hyper's full buffer): not stalled.
+        body.waits_for_client();
+        for _ in 0..12 {
+            tokio::time::sleep(Duration::from_secs(50)).await;
+            activity.writes.fetch_add(1, Ordering::Relaxed);
+        }
+        assert!(!stalled.is_finished());
+        // Then the socket takes nothing more: cut between one and 1.25 send timeouts later.
+        let last_write = Instant::now();
+        let quiet = stalled.await.unwrap() - last_write;
+        assert!(
+            quiet >= send_timeout && quiet <= send_timeout * 5 / 4,
+            "{quiet:?}"
         );
     }
 

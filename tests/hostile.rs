@@ -394,6 +394,37 @@ async fn transfer_codings_other_than_chunked_are_refused() {
     .await
 }
 
+/// After refusing a request for its transfer coding, the gateway closes the connection
+/// (`Connection: close`) instead of reading on: where that request's body ends is exactly what
+/// the gateway and the servers in front of it may disagree on, so a request "after" it, even a
+/// valid one, is never read, let alone forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_for_its_framing_closes_the_connection_and_nothing_after_it_is_read() {
+    bounded(20, async {
+        let (mock, gw) = setup().await;
+        let body = "5\r\nhello\r\n0\r\n\r\n";
+        let next = format!("GET /api/whoami HTTP/1.1\r\nHost: gw\r\n{}\r\n\r\n", auth());
+        for framing in [
+            "Transfer-Encoding: identity, chunked\r\n",
+            "Transfer-Encoding: gzip, chunked\r\n",
+            "Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        ] {
+            let raw = format!(
+                "POST /api/whoami HTTP/1.1\r\nHost: gw\r\n{}\r\n{framing}\r\n{body}{next}",
+                auth()
+            );
+            let conversation = converse(gw.client_addr, raw.as_bytes()).await;
+            let answer = conversation.only_answer();
+            assert_json_error(answer, 400, "bad_request", framing);
+            assert_eq!(answer.header("connection"), Some("close"), "{framing}");
+            assert!(conversation.closed, "{framing}: connection left open");
+        }
+        assert_nothing_forwarded(&mock, "requests after a refused framing");
+    })
+    .await
+}
+
 /// Header lines a lenient parser could join or split differently: obs-fold (RFC 9112 §5.2 lets
 /// a server refuse it), CR, LF or NUL inside a value, whitespace before the colon, a line without
 /// a colon. hyper refuses each: 400 and close.

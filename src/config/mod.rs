@@ -90,6 +90,9 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Open client connections at most; more are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// A response whose client takes no bytes for this long is cut (see `src/server.rs`,
+    /// `SendWatch`): its connection is closed, its concurrency slot and upstream connection freed.
+    pub send_timeout: Duration,
 }
 
 /// TLS termination on the client listener; the PEM files were loaded and checked at validation.

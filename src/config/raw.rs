@@ -55,6 +55,8 @@ pub(crate) struct RawServer {
     pub header_read_timeout: Option<String>,
     /// Open client connections above this are closed as soon as they are accepted, default 10000.
     pub max_connections: Option<u64>,
+    /// A response whose client takes no bytes for this long is cut, default `"60s"`.
+    pub send_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -76,9 +76,10 @@ impl Config {
         )?;
         writeln!(
             out,
-            "                  {} connections at most, header read / idle timeout {}",
+            "                  {} connections at most, header read / idle timeout {}, send timeout {}",
             s.max_connections,
-            d(s.header_read_timeout)
+            d(s.header_read_timeout),
+            d(s.send_timeout)
         )?;
         writeln!(
             out,

@@ -94,6 +94,7 @@ max_concurrent_requests = 64
 shutdown_grace = "10s"
 header_read_timeout = "5s"
 max_connections = 500
+send_timeout = "20s"
 
 [admin]
 listen = "127.0.0.1:9444"
@@ -167,6 +168,7 @@ disabled = true
     assert_eq!(c.server.shutdown_grace, Duration::from_secs(10));
     assert_eq!(c.server.header_read_timeout, Duration::from_secs(5));
     assert_eq!(c.server.max_connections, 500);
+    assert_eq!(c.server.send_timeout, Duration::from_secs(20));
 
     assert_eq!(c.admin.listen, "127.0.0.1:9444".parse().unwrap());
     assert_eq!(c.admin.token.as_ref().unwrap().expose(), "admin-token");
@@ -245,6 +247,7 @@ fn an_empty_file_gets_the_spec_defaults() {
     assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
     assert_eq!(c.server.header_read_timeout, Duration::from_secs(30));
     assert_eq!(c.server.max_connections, 10_000);
+    assert_eq!(c.server.send_timeout, Duration::from_secs(60));
     assert_eq!(c.admin.listen, "127.0.0.1:8081".parse().unwrap());
     assert!(c.admin.token.is_none());
     assert_eq!(c.upstream.base_url.host(), Some("app.onlyfansapi.com"));
@@ -416,6 +419,7 @@ fn each_bad_value_is_refused_naming_its_key() {
             "server.header_read_timeout",
         ),
         ("[server]\nmax_connections = 0", "server.max_connections"),
+        ("[server]\nsend_timeout = \"0s\"", "server.send_timeout"),
         (
             "[server]\nmax_connections = 9223372036854775807",
             "server.max_connections",

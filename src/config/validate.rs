@@ -31,6 +31,8 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// nginx's `send_timeout` default.
+const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const DEFAULT_BASE_URL: &str = "https://app.onlyfansapi.com";
 const DEFAULT_API_KEY_ENV: &str = "ONLYFANSAPI_API_KEY";
@@ -324,6 +326,12 @@ pub(crate) fn validate(
             false,
         )?,
         max_connections,
+        send_timeout: cx.duration(
+            "server.send_timeout",
+            s.send_timeout.as_deref(),
+            DEFAULT_SEND_TIMEOUT,
+            false,
+        )?,
     };
 
     // [admin]

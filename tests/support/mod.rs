@@ -560,6 +560,8 @@ pub struct Options {
     /// `server.header_read_timeout`: also how long a connection may sit idle.
     pub header_read_timeout: Duration,
     pub max_connections: usize,
+    /// `server.send_timeout`: how long a response may wait on a client that takes no bytes.
+    pub send_timeout: Duration,
     /// The upstream's test CA (`upstream.ca_file`).
     pub extra_roots: Vec<CertificateDer<'static>>,
     /// TLS termination on the client listener.
@@ -578,6 +580,7 @@ impl Default for Options {
             shutdown_grace: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
             max_connections: 10_000,
+            send_timeout: Duration::from_secs(60),
             extra_roots: Vec::new(),
             server_tls: None,
             forwarded_headers: ForwardedHeaders::Strip,
@@ -661,6 +664,7 @@ pub fn build_config(upstream_base_url: &str, options: Options, dir: &Path) -> Co
             shutdown_grace: options.shutdown_grace,
             header_read_timeout: options.header_read_timeout,
             max_connections: options.max_connections,
+            send_timeout: options.send_timeout,
         },
         admin: AdminConfig {
             listen,
