@@ -388,7 +388,6 @@ impl Budgets {
         })
     }
 
-
     /// Reserves the estimated cost of a call on `route` if it can be admitted now; `Ok(None)`
     /// for a client without budget.
     pub fn reserve(
