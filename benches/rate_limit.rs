@@ -114,7 +114,7 @@ fn main() -> Result<(), BoxError> {
         let gateway: BoxCloneService<Request<Body>, Response<Body>, std::convert::Infallible> =
             BoxCloneService::new(
                 ServiceBuilder::new()
-                    .layer(RescueLayer::default())
+                    .layer(RescueLayer)
                     .layer(RateLimitLayer::new(limiter))
                     .service(recorded),
             );

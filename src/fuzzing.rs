@@ -12,9 +12,10 @@ use crate::error::GatewayError;
 
 pub use crate::layers::authenticate::bearer_token;
 pub use crate::layers::meter::rewrite::NextPageRewriter;
-pub use crate::layers::meter::scan::{MetaFound, MetaScanner};
+pub use crate::layers::meter::scan::MetaScanner;
 pub use crate::layers::route::{check_path, classify, RouteInfo, RouteKind};
 pub use crate::layers::validate::tracking_link_errors;
+pub use crate::upstream::facts::UpstreamFacts;
 
 /// The validate layer's verdict on a `PUT .../tracking-links/{id}` body: `Ok` means forwarded
 /// as sent, `BadRequest` is 400 (not JSON), `ValidationFailed` is 422.

@@ -31,11 +31,12 @@ use tower::Service;
 use crate::body::BoxError;
 use crate::budget::Budgets;
 use crate::config::Config;
-use crate::layers::meter::Meter;
+use crate::layers::meter::MeterSettings;
 use crate::layers::upstream_auth::ClientConnection;
 use crate::ledger::Ledger;
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
+use crate::record::Recorder;
 use crate::stack::SharedConfig;
 use crate::stack::StackParts;
 use crate::upstream::UpstreamClient;
@@ -150,19 +151,21 @@ impl Gateway {
         let limiter = Limiter::new(&config);
         let metrics = Metrics::new();
         let detached = TaskTracker::new();
-        let meter = Arc::new(Meter {
-            metrics: metrics.clone(),
-            ledger: Some(ledger.clone()),
-            limiter: limiter.clone(),
-            budgets: budgets.clone(),
+        let recorder = Arc::new(Recorder::gateway(
+            metrics.clone(),
+            Some(ledger.clone()),
+            limiter.clone(),
+            budgets.clone(),
+            config.credits.low_balance_warning,
+            metering,
+        ));
+        let meter = Arc::new(MeterSettings {
             upstream_base: base_url.to_string(),
             public_url: config
                 .server
                 .public_url
                 .clone()
                 .unwrap_or_else(|| own_url(config.server.tls.is_some(), client_addr)),
-            low_balance_warning: config.credits.low_balance_warning,
-            balance: Default::default(),
             detached: detached.clone(),
             detached_body_timeout: config.upstream.timeout,
         });
@@ -172,6 +175,7 @@ impl Gateway {
             config.clone(),
             limiter.clone(),
             budgets.clone(),
+            recorder,
             meter,
             metering,
         );

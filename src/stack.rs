@@ -22,14 +22,16 @@ use crate::layers::authorize::AuthorizeLayer;
 use crate::layers::body_limit::BodyLimitLayer;
 use crate::layers::concurrency::ConcurrencyLimitLayer;
 use crate::layers::drain::DrainOnDrop;
-use crate::layers::meter::{Meter, MeterLayer};
+use crate::layers::meter::{MeterLayer, MeterSettings};
 use crate::layers::rate_limit::RateLimitLayer;
+use crate::layers::record::RecordLayer;
 use crate::layers::request_id::{RequestIdLayer, X_REQUEST_ID};
 use crate::layers::rescue::RescueLayer;
 use crate::layers::route::{RouteLayer, MAX_ROUTE_TEMPLATES};
 use crate::layers::upstream_auth::UpstreamAuthLayer;
 use crate::layers::validate::ValidateLayer;
 use crate::limiter::Limiter;
+use crate::record::Recorder;
 use crate::upstream::UpstreamClient;
 
 /// The live configuration: read per request by the layers whose settings may be reloaded
@@ -43,7 +45,9 @@ pub struct StackParts {
     pub config: SharedConfig,
     pub limiter: Limiter,
     pub budgets: Budgets,
-    pub meter: Arc<Meter>,
+    /// Takes every call's record when it is over.
+    pub recorder: Arc<Recorder>,
+    pub meter: Arc<MeterSettings>,
     /// Off only to measure what metering costs (`serve --no-metering`, benchmarks).
     pub metering: bool,
     /// One `max_concurrent_requests` for the whole gateway...
@@ -57,7 +61,8 @@ impl StackParts {
         config: SharedConfig,
         limiter: Limiter,
         budgets: Budgets,
-        meter: Arc<Meter>,
+        recorder: Arc<Recorder>,
+        meter: Arc<MeterSettings>,
         metering: bool,
     ) -> Self {
         let concurrency = ConcurrencyLimitLayer::new(config.load().server.max_concurrent_requests);
@@ -65,6 +70,7 @@ impl StackParts {
             config,
             limiter,
             budgets,
+            recorder,
             meter,
             metering,
             concurrency,
@@ -94,12 +100,12 @@ pub fn client_stack(
         config,
         limiter,
         budgets,
+        recorder,
         meter,
         metering,
         concurrency,
         routes,
     } = parts;
-    let metrics = meter.metrics.clone();
     let server = &config.load().server;
     ServiceBuilder::new()
         // hyper's body becomes the stack's one body type, drained if answered early.
@@ -112,8 +118,7 @@ pub fn client_stack(
             header::PROXY_AUTHORIZATION,
         ]))
         // One span per request, at debug level (it costs a formatted string per request). The
-        // access line itself, with the request id, is written by the meter when a forwarded body
-        // ends, or by the rescue for an answer of the gateway's own.
+        // access line itself, with the request id, is written when the call is recorded.
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<Body>| {
@@ -125,11 +130,13 @@ pub fn client_stack(
                     tracing::debug_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
                 })
                 .on_response(DefaultOnResponse::new().level(Level::DEBUG))
-                // Failures are logged once, by the meter or the rescue, with their request id.
+                // Failures are logged once, in the call's record, with their request id.
                 .on_failure(()),
         )
+        // Every request becomes a call, recorded once when it is over (`crate::record`).
+        .layer(RecordLayer::new(recorder))
         // Every error below becomes the SPEC §5 JSON response here, and only here.
-        .layer(RescueLayer::new(metrics))
+        .layer(RescueLayer)
         // Over `max_concurrent_requests`: 503 at once rather than a queue; a request counts
         // until its response body has ended.
         .layer(concurrency)

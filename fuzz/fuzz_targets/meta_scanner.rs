@@ -9,10 +9,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ofapi_gateway::fuzzing::{MetaFound, MetaScanner};
+use ofapi_gateway::fuzzing::{MetaScanner, UpstreamFacts};
 use ofapi_gateway_fuzz::{chunks, followed_objects_are_unique, split_input, Json};
 
-fn scan<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> (MetaFound, bool) {
+fn scan<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> (UpstreamFacts, bool) {
     let mut scanner = MetaScanner::new();
     for piece in pieces {
         scanner.feed(piece);
@@ -88,7 +88,7 @@ fuzz_target!(|data: &[u8]| {
     let remaining = candidates(&root, "_rate_limits", "remaining_minute");
     check("credits_used", found.credits_used, &used, integer, unique);
     check("balance", found.balance, &balance, integer, unique);
-    check("is_cached", found.is_cached, &cached, boolean, unique);
+    check("is_cached", found.cached, &cached, boolean, unique);
     check("limit_minute", found.limit_minute, &limit, small, unique);
     check(
         "remaining_minute",

@@ -28,7 +28,7 @@ const PUBLIC: [&str; 4] = [
     "http://[::1]:9",
 ];
 
-fn run(public: &str, pieces: &[&[u8]]) -> (Vec<u8>, ofapi_gateway::fuzzing::MetaFound) {
+fn run(public: &str, pieces: &[&[u8]]) -> (Vec<u8>, ofapi_gateway::fuzzing::UpstreamFacts) {
     let mut rewriter = NextPageRewriter::new(UPSTREAM, public);
     let bound = 6 * (UPSTREAM.len() + 1);
     let mut out = Vec::new();

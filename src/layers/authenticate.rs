@@ -13,9 +13,9 @@ use futures_util::future::Either;
 use http::{header, Request, Response};
 use tower::{Layer, Service};
 
-use super::rescue::RequestNote;
 use super::{reject, EarlyOr};
 use crate::body::{Body, BoxError};
+use crate::call::Call;
 use crate::config::{Client, KeyHash};
 use crate::error::GatewayError;
 use crate::stack::SharedConfig;
@@ -62,8 +62,8 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         match self.identify(&req) {
             Ok(client) => {
-                if let Some(note) = req.extensions().get::<Arc<RequestNote>>() {
-                    note.set_client(&client.id.0);
+                if let Some(call) = req.extensions().get::<Call>() {
+                    call.set_client(&client.id);
                 }
                 req.extensions_mut().insert(client);
                 Either::Right(self.inner.call(req))

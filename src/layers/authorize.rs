@@ -24,7 +24,8 @@ use tower::{Layer, Service};
 use super::route::RouteInfo;
 use super::{reject, take_ready, EarlyOr};
 use crate::body::{Body, BoxError};
-use crate::budget::{Budgets, Refusal};
+use crate::budget::{Budgets, Refusal, Reservation};
+use crate::call::Call;
 use crate::config::Client;
 use crate::error::GatewayError;
 
@@ -71,7 +72,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         let (Some(client), Some(route)) = (
             req.extensions().get::<Arc<Client>>(),
             req.extensions().get::<RouteInfo>(),
@@ -107,9 +108,7 @@ where
         }
         match self.budgets.reserve(client, &route.template) {
             Ok(reservation) => {
-                if let Some(reservation) = reservation {
-                    req.extensions_mut().insert(Arc::new(reservation));
-                }
+                keep(&req, reservation);
                 Either::Left(Either::Right(self.inner.call(req)))
             }
             Err(Refusal::Held { .. }) => {
@@ -126,14 +125,19 @@ where
                         .reserve_waiting(&client, &route)
                         .await
                         .map_err(|refusal| BoxError::from(refused(&client, refusal)))?;
-                    if let Some(reservation) = reservation {
-                        req.extensions_mut().insert(Arc::new(reservation));
-                    }
+                    keep(&req, reservation);
                     forward(req).await
                 }))
             }
             Err(refusal) => Either::Left(reject(refused(client, refusal))),
         }
+    }
+}
+
+/// The call keeps its reservation until it is recorded (`record::budget` settles it).
+fn keep(req: &Request<Body>, reservation: Option<Reservation>) {
+    if let (Some(call), Some(reservation)) = (req.extensions().get::<Call>(), reservation) {
+        call.set_reservation(Arc::new(reservation));
     }
 }
 

@@ -8,6 +8,7 @@ pub mod concurrency;
 pub mod drain;
 pub mod meter;
 pub mod rate_limit;
+pub mod record;
 pub mod request_id;
 pub mod rescue;
 pub mod route;

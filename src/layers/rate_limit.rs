@@ -5,8 +5,8 @@
 //! client where it stands with `RateLimit-Limit`, `-Remaining` and `-Reset`; a 429's say the
 //! limit that refused, `Remaining: 0`, and a reset at its `Retry-After`.
 //!
-//! The slot's [`Ticket`] travels on in the request's extensions, so that the meter can report
-//! what the body's `_meta` says when the headers said nothing.
+//! The slot's [`Ticket`] goes into the request's `Call`, so that its record can report what the
+//! body's `_meta` says when the head did not say it all.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,11 +18,12 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
 use crate::body::{Body, BoxError};
+use crate::call::Call;
 use crate::config::Client;
 use crate::error::GatewayError;
 use crate::limiter::Limiter;
-use crate::limiter::{RateLimitStatus, Refusal, Scope, Ticket, UpstreamReport};
-use crate::upstream::UpstreamHeaders;
+use crate::limiter::{RateLimitStatus, Refusal, Scope, Ticket};
+use crate::upstream::facts::UpstreamFacts;
 
 #[derive(Clone)]
 pub struct RateLimitLayer {
@@ -66,7 +67,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         let limiter = self.limiter.clone();
         let mut inner = super::take_ready(&mut self.inner);
         // Boxed outside the `async` block: rustc cannot yet prove `Send` for a generic inner
@@ -74,6 +75,7 @@ where
         let mut forward =
             move |req| -> BoxFuture<Result<Response<Body>, BoxError>> { Box::pin(inner.call(req)) };
         let client = req.extensions().get::<Arc<Client>>().cloned();
+        let call = req.extensions().get::<Call>().cloned();
         Box::pin(async move {
             let Some(client) = client else {
                 return Err(GatewayError::Unauthenticated("no authenticated client").into());
@@ -83,9 +85,11 @@ where
                 limiter: &limiter,
                 ticket,
             };
-            req.extensions_mut().insert(ticket);
+            if let Some(call) = &call {
+                call.set_ticket(ticket);
+            }
             let mut response = forward(req).await?;
-            slot.answered(response.headers());
+            slot.answered(call.as_ref(), response.headers());
             if response.status() == StatusCode::TOO_MANY_REQUESTS {
                 let retry_after = retry_after(response.headers());
                 limiter.pause(retry_after);
@@ -106,11 +110,21 @@ struct Slot<'a> {
 }
 
 impl Slot<'_> {
-    fn answered(self, headers: &HeaderMap) {
+    /// The answer's head is in. The limiter learns its limits now if the head says all it wants
+    /// to know (or nothing will say more: no meter read the head into the call); otherwise the
+    /// call's record tells it, with what the body's `_meta` adds (`record::limiter`).
+    fn answered(self, call: Option<&Call>, headers: &HeaderMap) {
         // Drop runs `finish` first, so the report does not count this request as in flight.
         let (limiter, ticket) = (self.limiter, self.ticket);
         drop(self);
-        limiter.observe(ticket, report_from_headers(headers));
+        let read = call.and_then(Call::upstream_headers);
+        let facts = read.unwrap_or_else(|| UpstreamFacts::from_headers(headers));
+        if read.is_none() || facts.tell_the_limiter_everything() {
+            limiter.observe(ticket, facts.limiter_report());
+            if let Some(call) = call {
+                call.limiter_fed();
+            }
+        }
     }
 }
 
@@ -127,16 +141,6 @@ fn refused(refusal: Refusal) -> BoxError {
         status: Some(refusal.status),
     }
     .into()
-}
-
-/// What the upstream's headers say about its limits (SPEC §2).
-pub fn report_from_headers(headers: &HeaderMap) -> UpstreamReport {
-    let said = UpstreamHeaders::read(headers);
-    UpstreamReport {
-        limit_minute: said.limit_minute,
-        remaining_minute: said.remaining_minute,
-        cached: said.cached == Some(true),
-    }
 }
 
 /// How long an upstream 429 asks to wait: `retry-after-ms`, else `Retry-After` in seconds or as
@@ -179,6 +183,7 @@ pub fn set_status_headers(headers: &mut HeaderMap, status: RateLimitStatus) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limiter::UpstreamReport;
 
     #[test]
     fn retry_after_reads_ms_seconds_and_dates() {
@@ -213,7 +218,7 @@ mod tests {
         );
         headers.insert("x-ofapi-is-cached", HeaderValue::from_static("true"));
         assert_eq!(
-            report_from_headers(&headers),
+            UpstreamFacts::from_headers(&headers).limiter_report(),
             UpstreamReport {
                 limit_minute: Some(5000),
                 remaining_minute: Some(4999),

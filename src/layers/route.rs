@@ -16,9 +16,9 @@ use http::uri::Authority;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use tower::{Layer, Service};
 
-use super::rescue::RequestNote;
 use super::{reject, EarlyOr};
 use crate::body::{full, Body, BoxError};
+use crate::call::Call;
 use crate::error::GatewayError;
 
 /// What the route layer learned about a request; in its extensions from here on.
@@ -169,8 +169,8 @@ where
             account,
             kind,
         };
-        if let Some(note) = req.extensions().get::<Arc<RequestNote>>() {
-            note.set_route(&info.template);
+        if let Some(call) = req.extensions().get::<Call>() {
+            call.set_route(&info.template, info.account.as_deref());
         }
         req.extensions_mut().insert(info);
         Either::Right(self.inner.call(req))

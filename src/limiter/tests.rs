@@ -81,7 +81,7 @@ where
     // Boxed: a concrete future type keeps rustc's `Send` checks simple in spawned tasks.
     BoxCloneService::new(
         ServiceBuilder::new()
-            .layer(RescueLayer::default())
+            .layer(RescueLayer)
             .layer(RateLimitLayer::new(limiter))
             .service(recorded),
     )

@@ -25,6 +25,7 @@ use crate::layers::body_limit::BodyTooLarge;
 use crate::layers::drain::ClientBodyError;
 use pool::{Connector, Pool, SendError};
 
+pub mod facts;
 pub mod figures;
 mod pool;
 
@@ -144,60 +145,6 @@ impl Service<Request<Body>> for UpstreamClient {
             remove_hop_by_hop(response.headers_mut());
             Ok(response)
         })
-    }
-}
-
-/// What an upstream answer's headers say about credits and limits (SPEC §2): `x-ofapi-*` and
-/// `x-rate-limit-*`. The limiter acts on them as soon as the headers arrive; the meter falls back
-/// on them when the body has no `_meta` (a `304`, say). The credit figures are as the headers
-/// give them: [`figures::accept_credits`] decides which are real.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UpstreamHeaders {
-    pub credits_used: Option<u64>,
-    pub balance: Option<u64>,
-    pub cached: Option<bool>,
-    pub limit_minute: Option<u32>,
-    pub remaining_minute: Option<u32>,
-}
-
-impl UpstreamHeaders {
-    pub fn read(headers: &HeaderMap) -> Self {
-        // One pass over the names rather than five lookups, each parsing and hashing a name.
-        // As with `HeaderMap::get`, only a name's first value counts.
-        let mut read = Self::default();
-        let mut seen = [false; 5];
-        for (name, value) in headers {
-            let field = match name.as_str() {
-                "x-ofapi-credits-used" => 0,
-                "x-ofapi-credits-balance" => 1,
-                "x-ofapi-is-cached" => 2,
-                "x-rate-limit-limit-minute" => 3,
-                "x-rate-limit-remaining-minute" => 4,
-                _ => continue,
-            };
-            if std::mem::replace(&mut seen[field], true) {
-                continue;
-            }
-            let Some(text) = value.to_str().ok().map(str::trim) else {
-                continue;
-            };
-            match field {
-                0 => read.credits_used = text.parse().ok(),
-                1 => read.balance = text.parse().ok(),
-                2 => {
-                    read.cached = if text.eq_ignore_ascii_case("true") {
-                        Some(true)
-                    } else if text.eq_ignore_ascii_case("false") {
-                        Some(false)
-                    } else {
-                        None
-                    }
-                }
-                3 => read.limit_minute = text.parse().ok(),
-                _ => read.remaining_minute = text.parse().ok(),
-            }
-        }
-        read
     }
 }
 
@@ -474,34 +421,6 @@ mod tests {
         remove_hop_by_hop(&mut headers);
         let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
-    }
-
-    #[test]
-    fn upstream_headers_are_read_from_their_first_value() {
-        let mut headers = HeaderMap::new();
-        headers.append("x-ofapi-credits-used", " 3 ".parse().unwrap());
-        headers.append("x-ofapi-credits-used", "9".parse().unwrap());
-        headers.append("x-ofapi-credits-balance", "many".parse().unwrap());
-        headers.append("x-ofapi-credits-balance", "100".parse().unwrap());
-        headers.append("x-ofapi-is-cached", "TRUE".parse().unwrap());
-        headers.append("x-rate-limit-limit-minute", "5000".parse().unwrap());
-        headers.append("x-rate-limit-remaining-minute", "4999".parse().unwrap());
-        headers.append("x-other", "1".parse().unwrap());
-        let read = UpstreamHeaders::read(&headers);
-        assert_eq!(
-            read,
-            UpstreamHeaders {
-                credits_used: Some(3),
-                balance: None,
-                cached: Some(true),
-                limit_minute: Some(5000),
-                remaining_minute: Some(4999),
-            }
-        );
-        assert_eq!(
-            UpstreamHeaders::read(&HeaderMap::new()),
-            UpstreamHeaders::default()
-        );
     }
 
     #[test]

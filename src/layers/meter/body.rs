@@ -30,8 +30,9 @@ use http_body_util::BodyExt;
 use tokio_util::task::TaskTracker;
 
 use super::rewrite::NextPageRewriter;
-use super::scan::{MetaFound, MetaScanner};
+use super::scan::MetaScanner;
 use crate::body::{Body, BoxError};
+use crate::upstream::facts::UpstreamFacts;
 
 /// How a metered body ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +49,7 @@ pub enum BodyOutcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BodyEnd {
     /// The `_meta` figures read (all `None` for a body not scanned as JSON).
-    pub found: MetaFound,
+    pub found: UpstreamFacts,
     pub outcome: BodyOutcome,
     /// Data bytes handed on (after any rewrite).
     pub bytes: u64,
@@ -58,7 +59,7 @@ impl BodyEnd {
     /// The report of a call that never had a body (its request failed).
     pub fn empty() -> Self {
         Self {
-            found: MetaFound::default(),
+            found: UpstreamFacts::default(),
             outcome: BodyOutcome::Error,
             bytes: 0,
         }
@@ -160,12 +161,12 @@ impl MeteredBody {
             .is_some_and(NextPageRewriter::may_change_length)
     }
 
-    fn found(&self) -> MetaFound {
+    fn found(&self) -> UpstreamFacts {
         match (&self.rewriter, &self.scanner) {
-            _ if !self.json => MetaFound::default(),
+            _ if !self.json => UpstreamFacts::default(),
             (Some(rewriter), _) => rewriter.found(),
             (None, Some(scanner)) => scanner.found(),
-            (None, None) => MetaFound::default(),
+            (None, None) => UpstreamFacts::default(),
         }
     }
 
@@ -407,7 +408,7 @@ mod tests {
         body.collect().await.unwrap();
         let reports = reports.lock().unwrap();
         assert_eq!(reports.len(), 1);
-        assert_eq!(reports[0].found, MetaFound::default());
+        assert_eq!(reports[0].found, UpstreamFacts::default());
     }
 
     #[tokio::test]
@@ -440,7 +441,7 @@ mod tests {
         assert_eq!(
             *reports.lock().unwrap(),
             [BodyEnd {
-                found: MetaFound::default(),
+                found: UpstreamFacts::default(),
                 outcome: BodyOutcome::Dropped,
                 bytes: first.len() as u64,
             }]
@@ -501,7 +502,7 @@ mod tests {
         body.frame().await.unwrap().unwrap();
         drop(body);
         detached.wait().await;
-        assert_eq!(reports.lock().unwrap()[0].found, MetaFound::default());
+        assert_eq!(reports.lock().unwrap()[0].found, UpstreamFacts::default());
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 //! response body as it streams to the client, without buffering or delaying it, and points
 //! `_pagination.next_page` links at the gateway instead of the upstream.
 //!
-//! `layer` is the Tower layer that records each call when its body ends. `scan` holds the incremental tokenizer and the `_meta` scanner, `rewrite` the `next_page`
+//! `layer` is the Tower layer that writes each forwarded call's answer into its `Call`. `scan` holds the incremental tokenizer and the `_meta` scanner, `rewrite` the `next_page`
 //! rewriter built on the same tokenizer, and `body` the `MeteredBody` that wires both into the
 //! stack's body type and reports once when the body ends.
 
@@ -11,4 +11,4 @@ mod layer;
 pub mod rewrite;
 pub mod scan;
 
-pub use layer::{BalanceWatch, Meter, MeterLayer};
+pub use layer::{MeterLayer, MeterSettings};

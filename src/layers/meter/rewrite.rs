@@ -13,7 +13,8 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::scan::{MetaFound, Step, Tokenizer};
+use super::scan::{Step, Tokenizer};
+use crate::upstream::facts::UpstreamFacts;
 
 /// Rewrites `next_page` values that start with the upstream base URL to start with the
 /// gateway's public URL; see the module docs.
@@ -143,7 +144,7 @@ impl NextPageRewriter {
 
     /// The `_meta` figures of the bytes pushed so far, as a `MetaScanner` fed the same bytes
     /// would find them: with a rewriter, one pass does both.
-    pub fn found(&self) -> MetaFound {
+    pub fn found(&self) -> UpstreamFacts {
         self.tokenizer.found
     }
 }

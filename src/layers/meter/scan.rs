@@ -25,24 +25,11 @@
 
 use memchr::memchr2;
 
-/// The `_meta` figures found so far; a field stays `None` when absent, of the wrong type or out
-/// of range. The credit figures are as the body gives them: `upstream::figures::accept_credits`
-/// decides which are real.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MetaFound {
-    /// `_meta._credits.used`
-    pub credits_used: Option<u64>,
-    /// `_meta._credits.balance`
-    pub balance: Option<u64>,
-    /// `_meta._cache.is_cached`
-    pub is_cached: Option<bool>,
-    /// `_meta._rate_limits.limit_minute`
-    pub limit_minute: Option<u32>,
-    /// `_meta._rate_limits.remaining_minute`
-    pub remaining_minute: Option<u32>,
-}
+/// The `_meta` figures found so far are an [`UpstreamFacts`] (a field stays `None` when absent, of
+/// the wrong type or out of range).
+use crate::upstream::facts::UpstreamFacts;
 
-/// Extracts [`MetaFound`] from a JSON body fed in chunks split anywhere.
+/// Extracts [`UpstreamFacts`] from a JSON body fed in chunks split anywhere.
 ///
 /// Holds no heap memory: its whole state is the struct itself (a few dozen bytes).
 #[derive(Clone, Debug, Default)]
@@ -61,7 +48,7 @@ impl MetaScanner {
     }
 
     /// What has been found so far.
-    pub fn found(&self) -> MetaFound {
+    pub fn found(&self) -> UpstreamFacts {
         self.tokenizer.found
     }
 
@@ -227,7 +214,7 @@ pub(crate) struct Tokenizer {
     number: Option<u64>,
     /// Open brackets inside a skipped container (the container's own included).
     skip_depth: u64,
-    pub(crate) found: MetaFound,
+    pub(crate) found: UpstreamFacts,
 }
 
 fn is_ws(b: u8) -> bool {
@@ -630,8 +617,8 @@ impl Tokenizer {
         }
         if self.slot == Slot::IsCached {
             match literal {
-                Literal::True => self.found.is_cached = Some(true),
-                Literal::False => self.found.is_cached = Some(false),
+                Literal::True => self.found.cached = Some(true),
+                Literal::False => self.found.cached = Some(false),
                 Literal::Null => {}
             }
         }
@@ -733,17 +720,17 @@ pub(crate) mod tests {
     pub(crate) const FIXTURE: &[u8] =
         include_bytes!("../../sandbox/fixtures/update-tracking-link.200.json");
 
-    pub(crate) fn fixture_found() -> MetaFound {
-        MetaFound {
+    pub(crate) fn fixture_found() -> UpstreamFacts {
+        UpstreamFacts {
             credits_used: Some(1),
             balance: Some(10_055_796),
-            is_cached: Some(false),
+            cached: Some(false),
             limit_minute: Some(5000),
             remaining_minute: Some(4999),
         }
     }
 
-    fn scan(chunks: &[&[u8]]) -> MetaFound {
+    fn scan(chunks: &[&[u8]]) -> UpstreamFacts {
         let mut scanner = MetaScanner::new();
         for chunk in chunks {
             scanner.feed(chunk);
@@ -807,10 +794,10 @@ pub(crate) mod tests {
             "_rate_limits":{"limit_minute":60,"remaining_minute":59}},"data":[1,2,{"a":"b"}]}"#;
         assert_eq!(
             scan(&[body]),
-            MetaFound {
+            UpstreamFacts {
                 credits_used: Some(3),
                 balance: Some(7),
-                is_cached: Some(true),
+                cached: Some(true),
                 limit_minute: Some(60),
                 remaining_minute: Some(59),
             }
@@ -825,9 +812,9 @@ pub(crate) mod tests {
             "_meta":{"_credits":{"used":2},"x":{"_credits":{"balance":8}}}}"#;
         assert_eq!(
             scan(&[body]),
-            MetaFound {
+            UpstreamFacts {
                 credits_used: Some(2),
-                ..MetaFound::default()
+                ..UpstreamFacts::default()
             }
         );
     }
@@ -835,7 +822,7 @@ pub(crate) mod tests {
     #[test]
     fn a_top_level_array_has_no_meta() {
         let body = br#"[{"_meta":{"_credits":{"used":1}}}]"#;
-        assert_eq!(scan(&[body]), MetaFound::default());
+        assert_eq!(scan(&[body]), UpstreamFacts::default());
     }
 
     #[test]
@@ -845,10 +832,10 @@ pub(crate) mod tests {
             "note":"\"}\\","_m\u0065ta":{"_credits":{"us\u0065d":4,"balance":1}}}"#;
         assert_eq!(
             scan(&[body]),
-            MetaFound {
+            UpstreamFacts {
                 credits_used: Some(4),
                 balance: Some(1),
-                ..MetaFound::default()
+                ..UpstreamFacts::default()
             }
         );
     }
@@ -858,17 +845,17 @@ pub(crate) mod tests {
         let body = br#"{"_meta":{"_credits":{"used":"1","balance":null},
             "_cache":{"is_cached":"true"},
             "_rate_limits":{"limit_minute":-5,"remaining_minute":1.5}}}"#;
-        assert_eq!(scan(&[body]), MetaFound::default());
+        assert_eq!(scan(&[body]), UpstreamFacts::default());
         let body = br#"{"_meta":{"_credits":{"used":[1],"balance":{"v":2}},
             "_cache":{"is_cached":0},
             "_rate_limits":{"limit_minute":4294967296,"remaining_minute":1e3}}}"#;
-        assert_eq!(scan(&[body]), MetaFound::default());
+        assert_eq!(scan(&[body]), UpstreamFacts::default());
         let body = br#"{"_meta":{"_credits":{"used":18446744073709551616,"balance":18446744073709551615}}}"#;
         assert_eq!(
             scan(&[body]),
-            MetaFound {
+            UpstreamFacts {
                 balance: Some(u64::MAX),
-                ..MetaFound::default()
+                ..UpstreamFacts::default()
             }
         );
     }
@@ -946,10 +933,10 @@ pub(crate) mod tests {
                     "_meta":{{"_cache":{{"n":"{pad}\"{fill}\\","is_cached":true}},"_credits":{{"used":{}}}}}}}"#,
                     len + 1
                 );
-                let expected = MetaFound {
+                let expected = UpstreamFacts {
                     credits_used: Some(len as u64 + 1),
-                    is_cached: Some(true),
-                    ..MetaFound::default()
+                    cached: Some(true),
+                    ..UpstreamFacts::default()
                 };
                 assert_eq!(properties::reference(&body), expected, "{body}");
                 let body = body.as_bytes();
@@ -1074,7 +1061,7 @@ pub(crate) mod tests {
         }
 
         /// A `{"data": ..., "_meta": {...}}` response holding `found`, `_meta` first or last.
-        fn response(found: MetaFound, data: &Value, note: &Value, meta_first: bool) -> String {
+        fn response(found: UpstreamFacts, data: &Value, note: &Value, meta_first: bool) -> String {
             let mut credits = serde_json::Map::new();
             credits.insert("note".into(), note.clone());
             if let Some(n) = found.credits_used {
@@ -1084,7 +1071,7 @@ pub(crate) mod tests {
                 credits.insert("balance".into(), n.into());
             }
             let mut cache = serde_json::Map::new();
-            if let Some(b) = found.is_cached {
+            if let Some(b) = found.cached {
                 cache.insert("is_cached".into(), b.into());
             }
             let mut limits = serde_json::Map::new();
@@ -1105,7 +1092,7 @@ pub(crate) mod tests {
             }
         }
 
-        fn figures() -> impl Strategy<Value = MetaFound> {
+        fn figures() -> impl Strategy<Value = UpstreamFacts> {
             (
                 any::<Option<u64>>(),
                 any::<Option<u64>>(),
@@ -1115,10 +1102,10 @@ pub(crate) mod tests {
             )
                 .prop_map(
                     |(credits_used, balance, is_cached, limit_minute, remaining_minute)| {
-                        MetaFound {
+                        UpstreamFacts {
                             credits_used,
                             balance,
-                            is_cached,
+                            cached: is_cached,
                             limit_minute,
                             remaining_minute,
                         }
@@ -1255,7 +1242,7 @@ pub(crate) mod tests {
         }
 
         /// The figures of a whole document, read by serde_json.
-        pub(crate) fn reference(text: &str) -> MetaFound {
+        pub(crate) fn reference(text: &str) -> UpstreamFacts {
             let root: Value = serde_json::from_str(text).unwrap();
             let field = |object: &str, name: &str| {
                 root.get("_meta")
@@ -1267,17 +1254,17 @@ pub(crate) mod tests {
                     .and_then(Value::as_u64)
                     .and_then(|n| u32::try_from(n).ok())
             };
-            MetaFound {
+            UpstreamFacts {
                 credits_used: field("_credits", "used").and_then(Value::as_u64),
                 balance: field("_credits", "balance").and_then(Value::as_u64),
-                is_cached: field("_cache", "is_cached").and_then(Value::as_bool),
+                cached: field("_cache", "is_cached").and_then(Value::as_bool),
                 limit_minute: small("_rate_limits", "limit_minute"),
                 remaining_minute: small("_rate_limits", "remaining_minute"),
             }
         }
 
         /// `found` and `is_stopped` after feeding `pieces`.
-        fn scan_pieces(pieces: &[&[u8]]) -> (MetaFound, bool) {
+        fn scan_pieces(pieces: &[&[u8]]) -> (UpstreamFacts, bool) {
             let mut scanner = MetaScanner::new();
             for piece in pieces {
                 scanner.feed(piece);
