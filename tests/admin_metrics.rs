@@ -1,129 +1,35 @@
 //! The admin listener's `/metrics` and `/usage` (SPEC §4, §7) and the ledger's say in `/readyz`
-//! (SPEC §8), over real sockets. The admin service is served on its own here, built from a
-//! `Metrics` the test feeds and a real `Ledger` in a temporary folder.
+//! (SPEC §8), over real sockets. The admin service is served on its own here ([`TestAdmin`]),
+//! built from a `Metrics` the test feeds and a real `Ledger` in a temporary folder.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
-use ofapi_gateway::admin::{self, AdminState};
-use ofapi_gateway::config::Secret;
-use ofapi_gateway::ledger::{Ledger, LedgerRow, Outcome};
-use ofapi_gateway::metrics::Metrics;
 use support::*;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 const ADMIN_TOKEN: &str = "admin-TOKEN-0123456789";
 const ROUTE: &str = "PUT /api/fansly/{account}/tracking-links/{id}";
 
-/// The admin service on 127.0.0.1:0, with its metrics and ledger at hand.
-struct Admin {
-    addr: std::net::SocketAddr,
-    metrics: Metrics,
-    ledger: Option<Ledger>,
-    dir: tempfile::TempDir,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Admin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Admin {
-    async fn start(token: Option<&str>, with_ledger: bool) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = build_config("http://127.0.0.1:9", Options::default(), dir.path());
-        config.admin.token = token.map(|t| Secret::new(t.to_owned()));
-        config.ledger.path = dir.path().join("data").join("ledger.sqlite");
-        let ledger = with_ledger.then(|| Ledger::open(&config.ledger).unwrap());
-        let metrics = Metrics::new();
-        let service = admin::service(AdminState {
-            config: Arc::new(ArcSwap::from_pointee(config)),
-            ready: Arc::new(AtomicBool::new(true)),
-            metrics: metrics.clone(),
-            ledger: ledger.clone(),
-            budgets: None,
-        });
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let service = TowerToHyperService::new(service.clone());
-                tokio::spawn(async move {
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self {
-            addr,
-            metrics,
-            ledger,
-            dir,
-            task,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn get(&self, path: &str, token: Option<&str>) -> Resp {
-        HttpClient::http1().get(&self.url(path), token).await
-    }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
+/// A row of a call `client` made a minute ago.
 fn row(client: &str, account: Option<&str>, credits: Option<u64>, status: u16) -> LedgerRow {
-    LedgerRow {
-        ts_ms: now_ms() - 60_000,
-        request_id: "req-1".into(),
-        client: client.into(),
-        method: "PUT".into(),
-        route: ROUTE.into(),
-        account: account.map(Into::into),
+    ledger_row(
+        now_ms() - 60_000,
+        "req-1",
+        client,
+        ROUTE,
+        account,
+        credits,
         status,
-        credits_used: credits,
-        balance: Some(10_000),
-        cached: Some(false),
-        duration_ms: 12,
-        outcome: Outcome::Complete,
-    }
-}
-
-/// The value of the sample line `series` (name and labels exactly as exposed).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let (name, value) = line.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().unwrap())
-    })
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_expose_what_was_fed_under_the_spec_names_and_labels() {
     bounded(20, async {
-        let admin = Admin::start(None, true).await;
+        let admin = TestAdmin::start(None, true).await;
         let m = &admin.metrics;
         m.request(&"crm-app".into(), &ROUTE.into(), 200, Duration::from_millis(40));
         m.request(&"crm-app".into(), &ROUTE.into(), 429, Duration::from_millis(2));
@@ -222,7 +128,7 @@ async fn metrics_expose_what_was_fed_under_the_spec_names_and_labels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_usage_need_the_admin_token_when_one_is_configured() {
     bounded(20, async {
-        let admin = Admin::start(Some(ADMIN_TOKEN), true).await;
+        let admin = TestAdmin::start(Some(ADMIN_TOKEN), true).await;
         admin.metrics.credits(&"crm-app".into(), &ROUTE.into(), 1);
         for path in ["/metrics", "/usage"] {
             for token in [None, Some("wrong"), Some("admin-TOKEN-012345678")] {
@@ -259,7 +165,7 @@ async fn metrics_and_usage_need_the_admin_token_when_one_is_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_configured_token_metrics_and_usage_are_open() {
     bounded(20, async {
-        let admin = Admin::start(None, true).await;
+        let admin = TestAdmin::start(None, true).await;
         assert_eq!(admin.get("/metrics", None).await.status, 200);
         assert_eq!(admin.get("/usage", None).await.status, 200);
     })
@@ -269,7 +175,7 @@ async fn without_a_configured_token_metrics_and_usage_are_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_reports_the_ledger_rows_by_client_as_json_by_default() {
     bounded(20, async {
-        let admin = Admin::start(Some(ADMIN_TOKEN), true).await;
+        let admin = TestAdmin::start(Some(ADMIN_TOKEN), true).await;
         let ledger = admin.ledger.as_ref().unwrap();
         ledger.record(row("crm-app", Some(ACCOUNT), Some(2), 200));
         ledger.record(row("crm-app", Some(ACCOUNT), Some(3), 200));
@@ -352,7 +258,7 @@ async fn usage_reports_the_ledger_rows_by_client_as_json_by_default() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_refuses_bad_parameters_with_400_naming_the_problem() {
     bounded(20, async {
-        let admin = Admin::start(None, true).await;
+        let admin = TestAdmin::start(None, true).await;
         for (query, mentions) in [
             ("since=yesterday", "since"),
             ("since=", "since"),
@@ -375,7 +281,7 @@ async fn usage_refuses_bad_parameters_with_400_naming_the_problem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_without_a_ledger_is_503() {
     bounded(20, async {
-        let admin = Admin::start(None, false).await;
+        let admin = TestAdmin::start(None, false).await;
         let resp = admin.get("/usage", None).await;
         assert_eq!(resp.status, 503, "{}", resp.text());
         assert_eq!(resp.json()["code"], "ledger_unavailable");
@@ -389,7 +295,7 @@ async fn usage_without_a_ledger_is_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_503_naming_the_ledger_while_it_cannot_write() {
     bounded(20, async {
-        let admin = Admin::start(None, true).await;
+        let admin = TestAdmin::start(None, true).await;
         let ledger = admin.ledger.clone().unwrap();
         ledger.record(row("crm-app", Some(ACCOUNT), Some(1), 200));
         ledger.flush().await.unwrap();

@@ -7,26 +7,14 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Output;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use ofapi_gateway::config::{BudgetPeriod, ClientRegistry, Config, LedgerConfig};
-use ofapi_gateway::ledger::{self, GroupBy, Ledger, LedgerRow, Outcome};
-use ofapi_gateway::server::Gateway;
 use support::process;
 use support::*;
 
 const THINGS: &str = "GET /api/fansly/{account}/things/{id}";
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 /// A config for `serve`: listeners on port 0, the upstream at `upstream`, the ledger at
 /// `ledger`; `crm-app` ([`ALPHA_KEY`]) with a monthly budget of `budget`, `free`
@@ -67,49 +55,6 @@ key_sha256 = "{free}"
     )
 }
 
-/// The real binary serving `toml` (written as `dir/gateway.toml`), ready.
-struct Served {
-    process: process::Served,
-    config: std::path::PathBuf,
-    client: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Served {
-    async fn start(dir: &Path, toml: &str) -> Self {
-        let config = dir.join("gateway.toml");
-        std::fs::write(&config, toml).unwrap();
-        let mut cmd = process::command(&config, dir);
-        cmd.arg("serve")
-            .env_remove("RUST_LOG")
-            .env("ONLYFANSAPI_API_KEY", UPSTREAM_KEY);
-        let mut process = process::Served::spawn(cmd);
-        let (client, admin) = process.ready().await;
-        Self {
-            process,
-            config,
-            client,
-            admin,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.client)
-    }
-
-    fn admin(&self, path: &str) -> String {
-        format!("http://{}{path}", self.admin)
-    }
-
-    /// SIGTERM, then the exit status (asserted success) and every output line.
-    async fn stop(self) -> Vec<String> {
-        self.process.signal("TERM");
-        let (status, lines) = self.process.finish().await;
-        assert!(status.success(), "exit {status:?}:\n{}", lines.join("\n"));
-        lines
-    }
-}
-
 /// `ofapi-gateway --config <config> usage <args>`.
 async fn usage_cli(config: &Path, args: &[&str]) -> Output {
     bounded(
@@ -123,28 +68,8 @@ async fn usage_cli(config: &Path, args: &[&str]) -> Output {
     .unwrap()
 }
 
-/// The value of the sample line `series` (name and labels exactly as exposed).
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let (name, value) = line.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().expect("numeric sample"))
-    })
-}
-
 fn series(name: &str, client: &str) -> String {
     format!("{name}{{client=\"{client}\",route=\"{THINGS}\"}}")
-}
-
-/// `(credits_used, balance)` of every raw ledger row, by request id.
-fn ledger_credits(path: &Path) -> Vec<(String, Option<i64>, Option<i64>)> {
-    let conn = rusqlite::Connection::open(path).unwrap();
-    let mut stmt = conn
-        .prepare("SELECT request_id, credits_used, balance FROM requests ORDER BY id")
-        .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,9 +94,9 @@ async fn an_absurd_credit_figure_is_unknown_and_breaks_no_counter_report_or_budg
         .await;
         let dir = tempfile::tempdir().unwrap();
         let ledger = dir.path().join("ledger.sqlite");
-        let served = Served::start(dir.path(), &serve_toml(&mock.base_url(), &ledger, 100)).await;
+        let served = process::GatewayProcess::start(dir.path(), &serve_toml(&mock.base_url(), &ledger, 100)).await;
         let http = HttpClient::http1();
-        let metrics = || async { http.get(&served.admin("/metrics"), None).await.text() };
+        let metrics = || async { http.get(&served.admin_url("/metrics"), None).await.text() };
         let mut ids = Vec::new();
         let mut used_seen = Vec::new();
         for name in ["1first", "2absurd", "3headers", "4overdrawn", "5last"] {
@@ -216,7 +141,7 @@ async fn an_absurd_credit_figure_is_unknown_and_breaks_no_counter_report_or_budg
         // Admin /usage reports (rows reach the file in batches: wait for all six).
         let report = loop {
             let resp = http
-                .get(&served.admin("/usage?since=24h&by=client&format=json"), None)
+                .get(&served.admin_url("/usage?since=24h&by=client&format=json"), None)
                 .await;
             assert_eq!(resp.status, 200, "{}", resp.text());
             let report = resp.json();
@@ -232,7 +157,7 @@ async fn an_absurd_credit_figure_is_unknown_and_breaks_no_counter_report_or_budg
         let config = served.config.clone();
         let lines = served.stop().await;
 
-        let rows = ledger_credits(&ledger);
+        let rows = ledger_rows(&ledger);
         let expect = [
             (Some(1), Some(1000)),
             (None, Some(999)),
@@ -241,8 +166,8 @@ async fn an_absurd_credit_figure_is_unknown_and_breaks_no_counter_report_or_budg
             (Some(1), Some(9)),
         ];
         for (id, expected) in ids.iter().zip(expect) {
-            let row = rows.iter().find(|r| &r.0 == id).unwrap();
-            assert_eq!((row.1, row.2), expected, "{id}: {rows:?}");
+            let row = row_of(&rows, id);
+            assert_eq!((row.credits_used, row.balance), expected, "{id}: {rows:?}");
         }
         // The log line of each says what was not taken.
         let logged = |id: &str| {
@@ -279,38 +204,22 @@ async fn an_absurd_credit_figure_is_unknown_and_breaks_no_counter_report_or_budg
     .await
 }
 
+/// Row `n` of the seeded calls of `client` at `ts_ms`, costing `credits`.
 fn row(ts_ms: i64, n: usize, client: &str, credits: Option<u64>) -> LedgerRow {
-    LedgerRow {
-        ts_ms,
-        request_id: format!("seeded-{n}"),
-        client: client.into(),
-        method: "GET".into(),
-        route: THINGS.into(),
-        account: Some(ACCOUNT.into()),
-        status: 200,
-        credits_used: credits,
-        balance: Some(50_000),
-        cached: Some(false),
-        duration_ms: 20,
-        outcome: Outcome::Complete,
-    }
+    let id = format!("seeded-{n}");
+    ledger_row(ts_ms, &id, client, THINGS, Some(ACCOUNT), credits, 200)
 }
 
 /// A ledger at `path` in which `crm-app` spent 10 credits this month, through the real writer.
 /// With `absurd`, also a row of `u64::MAX` credits, which the writer stores as `i64::MAX`: the
 /// row an older gateway wrote for an absurd `_meta`.
 async fn seed(path: &Path, absurd: bool) {
-    let ledger = Ledger::open(&LedgerConfig {
-        path: path.to_path_buf(),
-        retention: Duration::from_secs(90 * 86_400),
-    })
-    .unwrap();
     let now = now_ms();
-    ledger.record(row(now - 2, 1, "crm-app", Some(10)));
+    let mut rows = vec![row(now - 2, 1, "crm-app", Some(10))];
     if absurd {
-        ledger.record(row(now - 1, 2, "crm-app", Some(u64::MAX)));
+        rows.push(row(now - 1, 2, "crm-app", Some(u64::MAX)));
     }
-    ledger.close().await.unwrap();
+    seed_ledger(path, rows).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,19 +229,14 @@ async fn a_ledger_holding_an_absurd_row_from_an_older_gateway_still_reports_and_
         let dir = tempfile::tempdir().unwrap();
         let ledger = dir.path().join("ledger.sqlite");
         seed(&ledger, true).await;
-        let stored: i64 = rusqlite::Connection::open(&ledger)
-            .unwrap()
-            .query_row(
-                "SELECT credits_used FROM requests WHERE request_id = 'seeded-2'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(stored, i64::MAX);
+        let stored = row_of(&ledger_rows(&ledger), "seeded-2").credits_used;
+        assert_eq!(stored, Some(i64::MAX as u64));
 
-        let served = Served::start(dir.path(), &serve_toml(&mock.base_url(), &ledger, 10)).await;
+        let served =
+            process::GatewayProcess::start(dir.path(), &serve_toml(&mock.base_url(), &ledger, 10))
+                .await;
         let http = HttpClient::http1();
-        let ready = http.get(&served.admin("/readyz"), None).await;
+        let ready = http.get(&served.admin_url("/readyz"), None).await;
         assert_eq!(ready.status, 200, "{}", ready.text());
         // The month's 10 credits are restored: the budget of 10 is spent.
         let refused = http
@@ -346,7 +250,7 @@ async fn a_ledger_holding_an_absurd_row_from_an_older_gateway_still_reports_and_
         assert_gateway_error(&refused, 402, "budget_exceeded");
         assert_eq!(mock.count(), 0);
         let resp = http
-            .get(&served.admin("/usage?since=24h&format=json"), None)
+            .get(&served.admin_url("/usage?since=24h&format=json"), None)
             .await;
         assert_eq!(resp.status, 200, "{}", resp.text());
         let report = resp.json();
@@ -369,25 +273,6 @@ async fn a_ledger_holding_an_absurd_row_from_an_older_gateway_still_reports_and_
         }
     })
     .await
-}
-
-/// `config` with the test client `alpha` given a monthly budget of `budget`.
-fn with_budget(mut config: Config, budget: u64) -> Config {
-    let clients = config
-        .clients
-        .clients
-        .iter()
-        .map(|c| {
-            let mut client = (**c).clone();
-            if client.id.as_str() == "alpha" {
-                client.credit_budget = Some(budget);
-                client.budget_period = BudgetPeriod::Month;
-            }
-            Arc::new(client)
-        })
-        .collect();
-    config.clients = ClientRegistry::new(clients);
-    config
 }
 
 /// Damages the root page of the ledger's `daily` table (its page type byte) in place, and
@@ -435,28 +320,22 @@ async fn a_ledger_unreadable_at_start_refuses_budgeted_clients_and_readyz_until_
     bounded(90, async {
         let mock = MockUpstream::start(|_| Reply::fixture()).await;
         let dir = tempfile::tempdir().unwrap();
-        let config = with_budget(
-            build_config(&mock.base_url(), Options::default(), dir.path()),
-            10,
-        );
-        let path = config.ledger.path.clone();
-        {
-            // `alpha` spent its 10 credits this month.
-            let ledger = Ledger::open(&config.ledger).unwrap();
-            ledger.record(row(now_ms(), 1, "alpha", Some(10)));
-            ledger.close().await.unwrap();
-        }
+        let path = dir.path().join("ledger.sqlite");
+        // `alpha` spent its 10 credits this month.
+        seed_ledger(&path, [row(now_ms(), 1, "alpha", Some(10))]).await;
         let (offset, page) = damage_daily_table(&path);
-        let unreadable = ledger::usage(&path, 0, GroupBy::Client)
-            .unwrap_err()
-            .to_string();
+        let unreadable = report_error(&path);
         assert!(unreadable.contains("malformed"), "{unreadable}");
 
-        let gw = Gateway::start(config)
-            .await
-            .expect("starts: the file is writable");
-        let admin = |p: &str| format!("http://{}{p}", gw.admin_addr);
-        let url = |p: &str| format!("http://{}{p}", gw.client_addr);
+        // It starts: the file is writable.
+        let options = Options {
+            alpha_credit_budget: Some(10),
+            ..Options::in_dir(dir.path())
+        };
+        let gw = TestGateway::start(&mock.base_url(), options).await;
+        assert_eq!(gw.ledger_path(), path);
+        let admin = |p: &str| gw.admin_url(p);
+        let url = |p: &str| gw.url(p);
         let http = HttpClient::http1();
         let put = |key: &'static str| {
             let (http, url) = (http.clone(), url(&tracking_link_path(ACCOUNT)));

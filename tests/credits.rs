@@ -10,7 +10,6 @@ mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -21,13 +20,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Frame;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use ofapi_gateway::config::{BudgetPeriod, ClientRegistry, Config};
-use ofapi_gateway::ledger::{usage, GroupBy, UsageReport};
-use ofapi_gateway::server::Gateway;
 use support::process;
 use support::*;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 const MB: u64 = 1024 * 1024;
@@ -40,116 +35,10 @@ static MEMORY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// One row of the ledger's `requests` table.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Row {
-    request_id: String,
-    client: String,
-    method: String,
-    route: String,
-    account: Option<String>,
-    status: u16,
-    credits_used: Option<u64>,
-    balance: Option<u64>,
-    cached: Option<bool>,
-    outcome: String,
-}
-
-/// Every raw row of the ledger at `path`, oldest first, read with a read-only connection.
-fn ledger_rows(path: &Path) -> Vec<Row> {
-    let conn = rusqlite::Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .unwrap_or_else(|e| panic!("open ledger {}: {e}", path.display()));
-    let mut stmt = conn
-        .prepare(
-            "SELECT request_id, client, method, route, account, status, credits_used, balance,
-                    cached, outcome FROM requests ORDER BY id",
-        )
-        .unwrap();
-    stmt.query_map([], |r| {
-        Ok(Row {
-            request_id: r.get(0)?,
-            client: r.get(1)?,
-            method: r.get(2)?,
-            route: r.get(3)?,
-            account: r.get(4)?,
-            status: r.get(5)?,
-            credits_used: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
-            balance: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
-            cached: r.get::<_, Option<i64>>(8)?.map(|v| v != 0),
-            outcome: r.get(9)?,
-        })
-    })
-    .unwrap()
-    .collect::<Result<Vec<_>, _>>()
-    .unwrap()
-}
-
-/// The one ledger row of the call answered with `x-request-id: id`.
-#[track_caller]
-fn row_of<'a>(rows: &'a [Row], id: &str) -> &'a Row {
-    let found: Vec<&Row> = rows.iter().filter(|r| r.request_id == id).collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "rows for request {id}: {found:?}\nall: {rows:?}"
-    );
-    found[0]
-}
-
 fn request_id(resp: &Resp) -> String {
     resp.header("x-request-id")
         .expect("x-request-id on every response")
         .to_owned()
-}
-
-fn report(path: &Path) -> UsageReport {
-    usage(path, 0, GroupBy::Client).expect("usage report from the ledger")
-}
-
-/// `http://<client listener><path>`.
-fn url(gw: &Gateway, path: &str) -> String {
-    format!("http://{}{path}", gw.client_addr)
-}
-
-/// A gateway in this process; with [`build_config`], its ledger is `dir/ledger.sqlite` in a
-/// directory the test keeps.
-async fn start(config: Config) -> Gateway {
-    Gateway::start(config).await.expect("gateway starts")
-}
-
-/// [`build_config`] with `name`'s client given a monthly `credit_budget`.
-fn with_budget(mut config: Config, name: &str, budget: u64) -> Config {
-    let clients = config
-        .clients
-        .clients
-        .iter()
-        .map(|c| {
-            if c.id.as_str() == name {
-                let mut client = (**c).clone();
-                client.credit_budget = Some(budget);
-                client.budget_period = BudgetPeriod::Month;
-                client.requests_per_minute = None;
-                Arc::new(client)
-            } else {
-                Arc::clone(c)
-            }
-        })
-        .collect();
-    config.clients = ClientRegistry::new(clients);
-    config
-}
-
-/// Returns once a new connection to `addr` is refused (the listener stopped accepting).
-async fn until_refused(addr: SocketAddr) {
-    loop {
-        match TcpStream::connect(addr).await {
-            Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => return,
-            _ => tokio::task::yield_now().await,
-        }
-    }
 }
 
 /// `_meta._credits.used` of a JSON answer.
@@ -254,7 +143,7 @@ async fn credits_in_the_ledger_equal_what_the_upstream_charged_across_a_graceful
 
         // Gateway A: one held call per client, then a storm from all three, then a graceful
         // shutdown while calls are in flight.
-        let gw = start(build_config(&mock.base_url(), Options::default(), dir.path())).await;
+        let gw = TestGateway::start(&mock.base_url(), Options::in_dir(dir.path())).await;
         assert_eq!(
             gw.config().ledger.path,
             ledger,
@@ -317,7 +206,7 @@ async fn credits_in_the_ledger_equal_what_the_upstream_charged_across_a_graceful
         }
 
         // Gateway B on the same ledger.
-        let gw = start(build_config(&mock.base_url(), Options::default(), dir.path())).await;
+        let gw = TestGateway::start(&mock.base_url(), Options::in_dir(dir.path())).await;
         let base = format!("http://{}", gw.client_addr);
         let http = HttpClient::http1();
         let mut storm = JoinSet::new();
@@ -386,15 +275,10 @@ async fn a_304_is_metered_from_its_headers() {
         })
         .await;
         let dir = tempfile::tempdir().unwrap();
-        let gw = start(build_config(
-            &mock.base_url(),
-            Options::default(),
-            dir.path(),
-        ))
-        .await;
+        let gw = TestGateway::start(&mock.base_url(), Options::in_dir(dir.path())).await;
         let req = request(
             "GET",
-            &url(&gw, &format!("/api/fansly/{ACCOUNT}/tracking-links")),
+            &gw.url(&format!("/api/fansly/{ACCOUNT}/tracking-links")),
         )
         .header("authorization", bearer(ALPHA_KEY))
         .header("if-none-match", "\"v1\"")
@@ -467,12 +351,7 @@ async fn an_answer_without_credits_is_recorded_as_unknown() {
         })
         .await;
         let dir = tempfile::tempdir().unwrap();
-        let gw = start(build_config(
-            &mock.base_url(),
-            Options::default(),
-            dir.path(),
-        ))
-        .await;
+        let gw = TestGateway::start(&mock.base_url(), Options::in_dir(dir.path())).await;
         let http = HttpClient::http1();
         let mut expected = Vec::new();
         // GET (the next_page rewriter reads the body) and POST (the plain scanner does).
@@ -480,7 +359,7 @@ async fn an_answer_without_credits_is_recorded_as_unknown() {
             for (name, content_type, body) in ANSWERS {
                 let req = request(
                     method,
-                    &url(&gw, &format!("/api/fansly/{ACCOUNT}/things/{name}")),
+                    &gw.url(&format!("/api/fansly/{ACCOUNT}/things/{name}")),
                 )
                 .header("authorization", bearer(ALPHA_KEY))
                 .body(empty_body())
@@ -557,58 +436,26 @@ fn stream_item() -> Bytes {
     Bytes::from(one.repeat(64 * 1024 / one.len()))
 }
 
-/// An upstream that answers every call with a JSON list of `items` × [`stream_item`], chunked
-/// (no Content-Length), `application/json`.
-async fn start_json_stream_upstream(items: u64) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+/// A mock upstream that answers every call with a JSON list of `items` × [`stream_item`]
+/// (none for a path ending in `/warmup`), chunked (no Content-Length), `application/json`.
+async fn json_stream_upstream(items: u64) -> MockUpstream {
     let item = stream_item();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let item = item.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: http::Request<_>| {
-                    let items = if req.uri().path().ends_with("/warmup") {
-                        0
-                    } else {
-                        items
-                    };
-                    let body = JsonStream {
-                        head: Some(Bytes::from_static(STREAM_HEAD.as_bytes())),
-                        item: item.clone(),
-                        items,
-                        tail: Some(Bytes::from_static(STREAM_TAIL.as_bytes())),
-                    };
-                    async move {
-                        let mut response = http::Response::new(body);
-                        response.headers_mut().insert(
-                            "content-type",
-                            http::HeaderValue::from_static("application/json"),
-                        );
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (addr, task)
-}
-
-/// Resident set size of this process, in bytes (Linux).
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
-    let resident_pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .expect("resident pages");
-    resident_pages * 4096
+    MockUpstream::start(move |req| {
+        let items = if req.uri.path().ends_with("/warmup") {
+            0
+        } else {
+            items
+        };
+        let body = JsonStream {
+            head: Some(Bytes::from_static(STREAM_HEAD.as_bytes())),
+            item: item.clone(),
+            items,
+            tail: Some(Bytes::from_static(STREAM_TAIL.as_bytes())),
+        };
+        Reply::streamed(body.map_err(|never| match never {}).boxed_unsync())
+            .header("content-type", "application/json")
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -619,30 +466,25 @@ async fn fifty_megabytes_of_json_stream_through_the_meter_with_bounded_memory() 
         let items = (50 * MB).div_ceil(item_len);
         let total = (STREAM_HEAD.len() + STREAM_TAIL.len()) as u64 + items * item_len;
         assert!(total >= 50 * MB);
-        let (upstream, task) = start_json_stream_upstream(items).await;
+        let upstream = json_stream_upstream(items).await;
         let dir = tempfile::tempdir().unwrap();
-        let gw = start(build_config(
-            &format!("http://{upstream}"),
-            Options::default(),
-            dir.path(),
-        ))
-        .await;
+        let gw = TestGateway::start(&upstream.base_url(), Options::in_dir(dir.path())).await;
         let http = HttpClient::http1();
 
         // Warm up the pools and the allocator so that the baseline includes them.
         let warm = http
             .get(
-                &url(&gw, &format!("/api/fansly/{ACCOUNT}/tracking-links/warmup")),
+                &gw.url(&format!("/api/fansly/{ACCOUNT}/tracking-links/warmup")),
                 Some(ALPHA_KEY),
             )
             .await;
         assert_eq!(warm.status, 200);
         assert_eq!(warm.text(), format!("{STREAM_HEAD}{STREAM_TAIL}"));
-        let baseline = rss_bytes();
+        let baseline = process::own_rss();
 
         let req = request(
             "GET",
-            &url(&gw, &format!("/api/fansly/{ACCOUNT}/tracking-links")),
+            &gw.url(&format!("/api/fansly/{ACCOUNT}/tracking-links")),
         )
         .header("authorization", bearer(ALPHA_KEY))
         .body(empty_body())
@@ -670,11 +512,11 @@ async fn fifty_megabytes_of_json_stream_through_the_meter_with_bounded_memory() 
                 received += data.len() as u64;
             }
             if received >= next_sample {
-                peak = peak.max(rss_bytes());
+                peak = peak.max(process::own_rss());
                 next_sample += MB;
             }
         }
-        peak = peak.max(rss_bytes());
+        peak = peak.max(process::own_rss());
         assert_eq!(received, total, "bytes received");
         assert!(first.starts_with(STREAM_HEAD.as_bytes()));
         assert!(
@@ -690,7 +532,7 @@ async fn fifty_megabytes_of_json_stream_through_the_meter_with_bounded_memory() 
             total / MB
         );
         gw.shutdown().await;
-        task.abort();
+        drop(upstream);
 
         let rows = ledger_rows(&dir.path().join("ledger.sqlite"));
         let row = row_of(&rows, &id);
@@ -719,12 +561,14 @@ async fn list_through_gateway(body_for: fn(&str) -> String) -> (String, Resp) {
     .await;
     base.set(mock.base_url()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = build_config(&mock.base_url(), Options::default(), dir.path());
-    config.server.public_url = Some(PUBLIC_URL.to_owned());
-    let gw = start(config).await;
+    let options = Options {
+        public_url: Some(PUBLIC_URL.to_owned()),
+        ..Options::in_dir(dir.path())
+    };
+    let gw = TestGateway::start(&mock.base_url(), options).await;
     let resp = HttpClient::http1()
         .get(
-            &url(&gw, "/api/fansly/x/tracking-links?offset=0&limit=10"),
+            &gw.url("/api/fansly/x/tracking-links?offset=0&limit=10"),
             Some(ALPHA_KEY),
         )
         .await;
@@ -820,10 +664,10 @@ async fn an_escaped_next_page_points_back_at_the_gateway() {
 // 6, 7. Budgets
 // ---------------------------------------------------------------------------------------------
 
-async fn put_link(http: &HttpClient, gw: &Gateway, key: &str) -> Resp {
+async fn put_link(http: &HttpClient, gw: &TestGateway, key: &str) -> Resp {
     http.call(
         "PUT",
-        &url(gw, &tracking_link_path(ACCOUNT)),
+        &gw.url(&tracking_link_path(ACCOUNT)),
         key,
         r#"{"label":"budgeted"}"#,
     )
@@ -836,14 +680,11 @@ async fn a_small_budget_holds_under_concurrency() {
     bounded(60, async {
         let mock = MockUpstream::start(|_| Reply::fixture()).await;
         let dir = tempfile::tempdir().unwrap();
-        let config = || {
-            with_budget(
-                build_config(&mock.base_url(), Options::default(), dir.path()),
-                "alpha",
-                10,
-            )
+        let options = || Options {
+            alpha_credit_budget: Some(10),
+            ..Options::in_dir(dir.path())
         };
-        let gw = Arc::new(start(config()).await);
+        let gw = Arc::new(TestGateway::start(&mock.base_url(), options()).await);
         let http = HttpClient::http1();
         let mut calls = JoinSet::new();
         for _ in 0..50 {
@@ -880,7 +721,7 @@ async fn a_small_budget_holds_under_concurrency() {
         assert_eq!((alpha.counts.requests, alpha.counts.credits_used), (10, 10));
 
         // A restart restores the month's spend from the ledger.
-        let gw = start(config()).await;
+        let gw = TestGateway::start(&mock.base_url(), options()).await;
         let http = HttpClient::http1();
         let resp = put_link(&http, &gw, ALPHA_KEY).await;
         assert_gateway_error(&resp, 402, "budget_exceeded");
@@ -907,16 +748,15 @@ async fn budget_reservations_are_released_when_the_upstream_fails() {
         })
         .await;
         let dir = tempfile::tempdir().unwrap();
-        let gw = start(with_budget(
-            build_config(&mock.base_url(), Options::default(), dir.path()),
-            "alpha",
-            3,
-        ))
-        .await;
+        let options = Options {
+            alpha_credit_budget: Some(3),
+            ..Options::in_dir(dir.path())
+        };
+        let gw = TestGateway::start(&mock.base_url(), options).await;
         let http = HttpClient::http1();
         let call = |mode: &'static str| {
             let http = http.clone();
-            let url = url(&gw, &tracking_link_path(ACCOUNT));
+            let url = gw.url(&tracking_link_path(ACCOUNT));
             async move {
                 let req = request("PUT", &url)
                     .header("authorization", bearer(ALPHA_KEY))
@@ -1005,8 +845,8 @@ async fn varying_cost_upstream(gate: &Gate, burst_costs: &[u64]) -> (MockUpstrea
 }
 
 /// A tracking-link update as alpha, with the test's headers for [`varying_cost_upstream`].
-async fn put_as_alpha(http: &HttpClient, gw: &Gateway, headers: &[(&str, &str)]) -> Resp {
-    let mut builder = request("PUT", &url(gw, &tracking_link_path(ACCOUNT)))
+async fn put_as_alpha(http: &HttpClient, gw: &TestGateway, headers: &[(&str, &str)]) -> Resp {
+    let mut builder = request("PUT", &gw.url(&tracking_link_path(ACCOUNT)))
         .header("authorization", bearer(ALPHA_KEY))
         .header("content-type", "application/json");
     for (name, value) in headers {
@@ -1019,7 +859,7 @@ async fn put_as_alpha(http: &HttpClient, gw: &Gateway, headers: &[(&str, &str)])
 
 /// The value of the sample `series` (name and labels exactly as exposed) on the gateway's
 /// `/metrics`.
-async fn metric(http: &HttpClient, gw: &Gateway, series: &str) -> Option<f64> {
+async fn metric(http: &HttpClient, gw: &TestGateway, series: &str) -> Option<f64> {
     let text = http
         .get(&format!("http://{}/metrics", gw.admin_addr), None)
         .await
@@ -1035,7 +875,7 @@ const ALPHA_REMAINING: &str = r#"ofapi_gateway_budget_remaining_credits{client="
 
 /// Returns once alpha's budget metric says `spent` (the meter settles a call as its body ends,
 /// which may be just after the client has read it).
-async fn until_alpha_spent(http: &HttpClient, gw: &Gateway, spent: u64) {
+async fn until_alpha_spent(http: &HttpClient, gw: &TestGateway, spent: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let now = metric(http, gw, ALPHA_SPENT).await;
@@ -1064,14 +904,13 @@ async fn a_budget_is_not_overshot_when_costs_vary_and_many_calls_race() {
         let gate = Gate::new();
         let (mock, charged) = varying_cost_upstream(&gate, &burst_costs).await;
         let dir = tempfile::tempdir().unwrap();
-        let mut config = with_budget(
-            build_config(&mock.base_url(), Options::default(), dir.path()),
-            "alpha",
-            40,
-        );
-        // Long enough that no waiting call gives up on a loaded machine.
-        config.rate_limit.max_wait = Duration::from_secs(15);
-        let gw = Arc::new(start(config).await);
+        let options = Options {
+            alpha_credit_budget: Some(40),
+            // Long enough that no waiting call gives up on a loaded machine.
+            max_wait: Duration::from_secs(15),
+            ..Options::in_dir(dir.path())
+        };
+        let gw = Arc::new(TestGateway::start(&mock.base_url(), options).await);
         let http = HttpClient::http1();
 
         for cost in ["1", "3", "2", "1"] {
@@ -1135,13 +974,12 @@ async fn a_call_the_budget_covers_only_after_the_calls_in_flight_waits_then_gets
         let gate = Gate::new();
         let (mock, charged) = varying_cost_upstream(&gate, &[]).await;
         let dir = tempfile::tempdir().unwrap();
-        let mut config = with_budget(
-            build_config(&mock.base_url(), Options::default(), dir.path()),
-            "alpha",
-            8,
-        );
-        config.rate_limit.max_wait = Duration::from_millis(300);
-        let gw = Arc::new(start(config).await);
+        let options = Options {
+            alpha_credit_budget: Some(8),
+            max_wait: Duration::from_millis(300),
+            ..Options::in_dir(dir.path())
+        };
+        let gw = Arc::new(TestGateway::start(&mock.base_url(), options).await);
         let http = HttpClient::http1();
 
         // The route costs 3: spent 3 of 8.
@@ -1216,12 +1054,11 @@ async fn a_call_whose_client_hangs_up_while_it_is_upstream_is_still_metered() {
         })
         .await;
         let dir = tempfile::tempdir().unwrap();
-        let gw = start(with_budget(
-            build_config(&mock.base_url(), Options::default(), dir.path()),
-            "alpha",
-            1,
-        ))
-        .await;
+        let options = Options {
+            alpha_credit_budget: Some(1),
+            ..Options::in_dir(dir.path())
+        };
+        let gw = TestGateway::start(&mock.base_url(), options).await;
 
         let body = r#"{"label":"gone"}"#;
         let head = format!(
@@ -1283,12 +1120,7 @@ async fn a_graceful_stop_waits_for_the_calls_of_clients_that_hung_up() {
         let held = gate.clone();
         let mock = MockUpstream::start(move |_| Reply::fixture().gated(&held)).await;
         let dir = tempfile::tempdir().unwrap();
-        let gw = start(build_config(
-            &mock.base_url(),
-            Options::default(),
-            dir.path(),
-        ))
-        .await;
+        let gw = TestGateway::start(&mock.base_url(), Options::in_dir(dir.path())).await;
         let head = format!(
             "GET /api/whoami HTTP/1.1\r\nhost: gw\r\nx-request-id: hangs-up-late\r\n\
              authorization: Bearer {ALPHA_KEY}\r\n\r\n"
@@ -1363,48 +1195,15 @@ key_sha256 = "{alpha}"
     )
 }
 
-/// The real binary serving `toml` (written into `dir`), ready, with its client address.
-struct Served {
-    process: process::Served,
-    client_addr: SocketAddr,
-}
-
-impl Served {
-    async fn start(dir: &Path, toml: &str) -> Self {
-        let config = dir.join("gateway.toml");
-        std::fs::write(&config, toml).unwrap();
-        let mut cmd = process::command(&config, dir);
-        cmd.arg("serve")
-            .env_remove("RUST_LOG")
-            .env("ONLYFANSAPI_API_KEY", UPSTREAM_KEY);
-        let mut process = process::Served::spawn(cmd);
-        let (client_addr, _admin) = process.ready().await;
-        Self {
-            process,
-            client_addr,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.client_addr)
-    }
-
-    fn signal(&self, signal: &str) {
-        self.process.signal(signal.trim_start_matches('-'));
-    }
-
-    async fn finish(self) -> (std::process::ExitStatus, Vec<String>) {
-        self.process.finish().await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_loses_at_most_the_last_second_of_rows() {
     bounded(90, async {
         let mock = MockUpstream::start(|_| Reply::fixture()).await;
         let dir = tempfile::tempdir().unwrap();
         let ledger = dir.path().join("data/ledger.sqlite");
-        let served = Served::start(dir.path(), &serve_toml(&mock.base_url(), &ledger)).await;
+        let served =
+            process::GatewayProcess::start(dir.path(), &serve_toml(&mock.base_url(), &ledger))
+                .await;
         let http = HttpClient::http1();
         const N: usize = 50;
         let mut ids = HashSet::new();
@@ -1426,7 +1225,7 @@ async fn kill_dash_nine_loses_at_most_the_last_second_of_rows() {
         // within a second of its response, so a crash 1.2 s after the last response loses none.
         tokio::time::sleep(Duration::from_millis(1200)).await;
         assert!(last_response.elapsed() >= Duration::from_millis(1200));
-        served.signal("-KILL");
+        served.signal("KILL");
         let (status, lines) = served.finish().await;
         assert!(!status.success(), "SIGKILL is not a clean exit: {status:?}");
 
@@ -1467,7 +1266,9 @@ async fn every_forwarded_call_is_one_json_log_line_with_the_spec_fields() {
         let mock = MockUpstream::start(|_| Reply::fixture()).await;
         let dir = tempfile::tempdir().unwrap();
         let ledger = dir.path().join("ledger.sqlite");
-        let served = Served::start(dir.path(), &serve_toml(&mock.base_url(), &ledger)).await;
+        let served =
+            process::GatewayProcess::start(dir.path(), &serve_toml(&mock.base_url(), &ledger))
+                .await;
         let http = HttpClient::http1();
         let put = http
             .call(
@@ -1487,7 +1288,7 @@ async fn every_forwarded_call_is_one_json_log_line_with_the_spec_fields() {
         assert_eq!(mock.count(), 1);
         drop(http);
 
-        served.signal("-TERM");
+        served.signal("TERM");
         let (status, lines) = served.finish().await;
         let all = lines.join("\n");
         assert!(status.success(), "exit {status:?}:\n{all}");
@@ -1563,12 +1364,14 @@ async fn a_default_public_url_on_port_zero_uses_the_bound_port() {
         .await;
         base.set(mock.base_url()).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let mut config = build_config(&mock.base_url(), Options::default(), dir.path());
-        // `public_url` left out, the client listener on port 0.
-        config.server.public_url = None;
-        let gw = start(config).await;
+        let options = Options {
+            // `public_url` left out, the client listener on port 0.
+            public_url: None,
+            ..Options::in_dir(dir.path())
+        };
+        let gw = TestGateway::start(&mock.base_url(), options).await;
         let resp = HttpClient::http1()
-            .get(&url(&gw, "/api/fansly/x/tracking-links"), Some(ALPHA_KEY))
+            .get(&gw.url("/api/fansly/x/tracking-links"), Some(ALPHA_KEY))
             .await;
         let next = resp.json()["_pagination"]["next_page"]
             .as_str()

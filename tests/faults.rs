@@ -4,8 +4,9 @@
 //! sockets and checks what the client sees (a SPEC §5 JSON error, or a visibly cut body), what the
 //! ledger records, that the gateway keeps serving others, and that nothing in it panicked.
 //!
-//! The upstream faults come from [`RawUpstream`], a scripted TCP server that writes whatever bytes
-//! a test gives it (garbage, oversized heads, half a body) and can stall, close or reset. Nothing
+//! The upstream faults come from the mock upstream's raw mode, a scripted TCP server that writes
+//! whatever bytes a test gives it (garbage, oversized heads, half a body) and can stall, close or
+//! reset. Nothing
 //! sleeps to synchronize: the tests wait on gates, request counts and the sockets themselves.
 //! Deadlines (`header_read_timeout`, `upstream.timeout`) are set to fractions of a second so the
 //! whole file runs in seconds.
@@ -15,21 +16,16 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use ofapi_gateway::server::Gateway;
 use support::process;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::net::TcpStream;
 
 // ---------------------------------------------------------------------------------------------
 // No panics
@@ -66,260 +62,13 @@ fn assert_no_panic() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A scripted upstream
+// The gateway and requests
 // ---------------------------------------------------------------------------------------------
 
-/// One thing the scripted upstream does after reading a request.
-enum Step {
-    /// Write these bytes.
-    Send(Vec<u8>),
-    /// Wait for the test to open the gate.
-    Wait(Gate),
-    /// Wait this long (pacing a slow body, not synchronizing).
-    Pause(Duration),
-    /// Close the connection with a TCP reset.
-    Reset,
-    /// Close the connection (FIN).
-    Close,
-    /// Keep the connection open and say nothing more, ever.
-    Hang,
-}
-
-type Script = Arc<dyn Fn(usize) -> Vec<Step> + Send + Sync>;
-
-/// A TCP server on 127.0.0.1 that reads each request (head, then a `Content-Length` body) and
-/// runs the script for it (given the request's number, from 1). After the script it reads the
-/// next request on the same connection, unless the script closed it.
-struct RawUpstream {
-    addr: SocketAddr,
-    requests: Arc<watch::Sender<usize>>,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for RawUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl RawUpstream {
-    async fn start(script: impl Fn(usize) -> Vec<Step> + Send + Sync + 'static) -> Self {
-        Self::start_on("127.0.0.1:0".parse().unwrap(), script).await
-    }
-
-    async fn start_on(
-        addr: SocketAddr,
-        script: impl Fn(usize) -> Vec<Step> + Send + Sync + 'static,
-    ) -> Self {
-        let listener = TcpListener::bind(addr)
-            .await
-            .expect("bind the raw upstream");
-        let addr = listener.local_addr().unwrap();
-        let script: Script = Arc::new(script);
-        let requests = Arc::new(watch::Sender::new(0));
-        let (stop, mut stopped) = watch::channel(false);
-        let counter = requests.clone();
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        if let Ok((stream, _)) = accepted {
-                            connections.spawn(serve_raw(stream, script.clone(), counter.clone()));
-                        }
-                    }
-                    _ = stopped.wait_for(|stop| *stop) => break,
-                }
-            }
-            // Down means down: the listener and every connection are closed.
-            drop(listener);
-            connections.shutdown().await;
-        });
-        Self {
-            addr,
-            requests,
-            stop,
-            task,
-        }
-    }
-
-    fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Closes the listener and every connection, and returns once they are closed.
-    async fn stop(mut self) {
-        self.stop.send_replace(true);
-        (&mut self.task).await.unwrap();
-    }
-}
-
-async fn serve_raw(mut stream: TcpStream, script: Script, requests: Arc<watch::Sender<usize>>) {
-    loop {
-        if !read_request(&mut stream).await {
-            return;
-        }
-        let mut n = 0;
-        requests.send_modify(|count| {
-            *count += 1;
-            n = *count;
-        });
-        for step in script(n) {
-            match step {
-                Step::Send(bytes) => {
-                    if stream.write_all(&bytes).await.is_err() {
-                        return;
-                    }
-                }
-                Step::Wait(gate) => gate.wait().await,
-                Step::Pause(pause) => tokio::time::sleep(pause).await,
-                Step::Reset => {
-                    // SO_LINGER 0: the close sends RST instead of FIN (and cannot block).
-                    #[allow(deprecated)]
-                    stream.set_linger(Some(Duration::ZERO)).unwrap();
-                    return;
-                }
-                Step::Close => return,
-                Step::Hang => std::future::pending::<()>().await,
-            }
-        }
-    }
-}
-
-/// Reads one request: its head, then a `Content-Length` body. False at the end of the stream.
-async fn read_request(stream: &mut TcpStream) -> bool {
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 4096];
-    let head_end = loop {
-        if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end + 4;
-        }
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => bytes.extend_from_slice(&buf[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&bytes[..head_end]).to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|line| line.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    let mut have = bytes.len() - head_end;
-    while have < length {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => have += n,
-        }
-    }
-    true
-}
-
-/// A response head: `status` line and `headers`, then the blank line.
-fn head(status: &str, headers: &[(&str, &str)]) -> Vec<u8> {
-    let mut head = format!("HTTP/1.1 {status}\r\n");
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    head.into_bytes()
-}
-
-/// A whole 200 with the SPEC fixture body and its credit headers.
-fn fixture_response() -> Vec<u8> {
-    let length = FIXTURE.len().to_string();
-    let mut headers = vec![
-        ("content-type", "application/json"),
-        ("content-length", length.as_str()),
-    ];
-    headers.extend(FIXTURE_HEADERS);
-    let mut bytes = head("200 OK", &headers);
-    bytes.extend_from_slice(FIXTURE.as_bytes());
-    bytes
-}
-
-/// One HTTP/1.1 chunk.
-fn chunk(data: &[u8]) -> Vec<u8> {
-    let mut bytes = format!("{:x}\r\n", data.len()).into_bytes();
-    bytes.extend_from_slice(data);
-    bytes.extend_from_slice(b"\r\n");
-    bytes
-}
-
-// ---------------------------------------------------------------------------------------------
-// The gateway, its ledger, and requests
-// ---------------------------------------------------------------------------------------------
-
-/// A gateway in this process whose ledger the test reads after a graceful stop.
-struct Gw {
-    gateway: Gateway,
-    dir: tempfile::TempDir,
-}
-
-impl Gw {
-    async fn start(upstream: &str, options: Options) -> Self {
-        count_worker_panics();
-        let dir = tempfile::tempdir().unwrap();
-        let config = build_config(upstream, options, dir.path());
-        let gateway = Gateway::start(config).await.expect("gateway starts");
-        Self { gateway, dir }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.gateway.client_addr
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr())
-    }
-
-    /// Stops gracefully (which writes every row) and returns the ledger.
-    async fn stop(self) -> Vec<Row> {
-        self.gateway.shutdown().await;
-        ledger_rows(&self.dir.path().join("ledger.sqlite"))
-    }
-}
-
-/// What these tests read of a ledger row.
-#[derive(Debug)]
-struct Row {
-    request_id: String,
-    status: u16,
-    credits_used: Option<u64>,
-    outcome: String,
-}
-
-fn ledger_rows(path: &Path) -> Vec<Row> {
-    let conn =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap_or_else(|e| panic!("open ledger {}: {e}", path.display()));
-    let mut stmt = conn
-        .prepare("SELECT request_id, status, credits_used, outcome FROM requests ORDER BY id")
-        .unwrap();
-    stmt.query_map([], |r| {
-        Ok(Row {
-            request_id: r.get(0)?,
-            status: r.get(1)?,
-            credits_used: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
-            outcome: r.get(3)?,
-        })
-    })
-    .unwrap()
-    .collect::<Result<Vec<_>, _>>()
-    .unwrap()
-}
-
-/// The one row of the request sent with `x-request-id: id`.
-#[track_caller]
-fn row<'a>(rows: &'a [Row], id: &str) -> &'a Row {
-    let found: Vec<&Row> = rows.iter().filter(|r| r.request_id == id).collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "rows for {id}: {found:?}\nall rows: {rows:?}"
-    );
-    found[0]
+/// A gateway in this process, with worker panics counted.
+async fn start_gateway(upstream: &str, options: Options) -> TestGateway {
+    count_worker_panics();
+    TestGateway::start(upstream, options).await
 }
 
 /// `GET url` as the alpha client, with our own request id (to find its ledger row).
@@ -347,18 +96,6 @@ async fn read_body(mut body: hyper::body::Incoming) -> (Vec<u8>, bool) {
     (bytes, false)
 }
 
-/// Reads from `stream` until the peer closes it (EOF or reset); returns what arrived.
-async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return bytes,
-            Ok(n) => bytes.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 const WHOAMI: &str = "/api/whoami";
 
 // ---------------------------------------------------------------------------------------------
@@ -370,8 +107,9 @@ async fn an_upstream_reset_mid_body_cuts_the_clients_response_and_is_recorded_as
     bounded(20, async {
         let gates = [Gate::new(), Gate::new()];
         let held = gates.clone();
-        let up = RawUpstream::start(move |n| {
-            let mut first = head(
+        let up = MockUpstream::raw(move |req| {
+            let n = req.number;
+            let mut first = raw_head(
                 "200 OK",
                 &[
                     ("content-type", "application/json"),
@@ -382,13 +120,13 @@ async fn an_upstream_reset_mid_body_cuts_the_clients_response_and_is_recorded_as
             );
             first.extend_from_slice(br#"{"data":[{"id":1},"#);
             vec![
-                Step::Send(first),
+                Step::send(first),
                 Step::Wait(held[n - 1].clone()),
                 Step::Reset,
             ]
         })
         .await;
-        let gw = Gw::start(&up.base_url(), Options::default()).await;
+        let gw = start_gateway(&up.base_url(), Options::default()).await;
 
         for (client, id, gate) in [
             (HttpClient::http1(), "reset-h1", &gates[0]),
@@ -417,7 +155,7 @@ async fn an_upstream_reset_mid_body_cuts_the_clients_response_and_is_recorded_as
         assert_eq!(resp.status, 200);
         let rows = gw.stop().await;
         for id in ["reset-h1", "reset-h2"] {
-            let row = row(&rows, id);
+            let row = row_of(&rows, id);
             assert_eq!(row.status, 200, "{row:?}");
             assert_eq!(row.outcome, "cut", "{row:?}");
             assert_eq!(row.credits_used, Some(3), "the headers said so: {row:?}");
@@ -434,8 +172,8 @@ async fn an_upstream_reset_mid_body_cuts_the_clients_response_and_is_recorded_as
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_silent_before_its_headers_is_504_upstream_timeout() {
     bounded(20, async {
-        let up = RawUpstream::start(|_| vec![Step::Hang]).await;
-        let gw = Gw::start(
+        let up = MockUpstream::raw(|_| vec![Step::Hang]).await;
+        let gw = start_gateway(
             &up.base_url(),
             Options {
                 upstream_timeout: Duration::from_millis(300),
@@ -450,9 +188,9 @@ async fn an_upstream_silent_before_its_headers_is_504_upstream_timeout() {
             .unwrap();
         assert_gateway_error(&resp, 504, "upstream_timeout");
         assert!(started.elapsed() < Duration::from_secs(5));
-        assert_eq!(*up.requests.borrow(), 1);
+        assert_eq!(up.count(), 1);
         let rows = gw.stop().await;
-        let row = row(&rows, "silent");
+        let row = row_of(&rows, "silent");
         assert_eq!((row.status, row.outcome.as_str()), (504, "error"));
         assert_no_panic();
     })
@@ -465,7 +203,7 @@ async fn a_request_timeout_while_the_upstream_works_is_504_and_the_call_is_still
         let gate = Gate::new();
         let held = gate.clone();
         let mock = MockUpstream::start(move |_| Reply::fixture().gated(&held)).await;
-        let gw = Gw::start(
+        let gw = start_gateway(
             &mock.base_url(),
             Options {
                 request_timeout: Duration::from_millis(300),
@@ -482,7 +220,7 @@ async fn a_request_timeout_while_the_upstream_works_is_504_and_the_call_is_still
         // The upstream did the call all the same, and charged for it.
         gate.open();
         let rows = gw.stop().await;
-        let row = row(&rows, "too-slow");
+        let row = row_of(&rows, "too-slow");
         assert_eq!(row.status, 504, "the status the client saw: {row:?}");
         assert_eq!(row.credits_used, Some(1), "{row:?}");
         assert_eq!(row.outcome, "cut", "{row:?}");
@@ -494,20 +232,20 @@ async fn a_request_timeout_while_the_upstream_works_is_504_and_the_call_is_still
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_stalls_mid_body_has_the_response_cut_after_upstream_timeout() {
     bounded(20, async {
-        let up = RawUpstream::start(|_| {
-            let mut first = head(
+        let up = MockUpstream::raw(|_| {
+            let mut first = raw_head(
                 "200 OK",
                 &[
                     ("content-type", "application/octet-stream"),
                     ("transfer-encoding", "chunked"),
                 ],
             );
-            first.extend(chunk(b"the first piece"));
-            vec![Step::Send(first), Step::Hang]
+            first.extend(raw_chunk(b"the first piece"));
+            vec![Step::send(first), Step::Hang]
         })
         .await;
         let timeout = Duration::from_millis(400);
-        let gw = Gw::start(
+        let gw = start_gateway(
             &up.base_url(),
             Options {
                 upstream_timeout: timeout,
@@ -545,7 +283,7 @@ async fn an_upstream_that_stalls_mid_body_has_the_response_cut_after_upstream_ti
         }
         let rows = gw.stop().await;
         for id in ["stall-h1", "stall-h2"] {
-            let row = row(&rows, id);
+            let row = row_of(&rows, id);
             assert_eq!((row.status, row.outcome.as_str()), (200, "cut"), "{row:?}");
         }
         assert_no_panic();
@@ -557,8 +295,8 @@ async fn an_upstream_that_stalls_mid_body_has_the_response_cut_after_upstream_ti
 async fn a_slow_but_steady_upstream_body_is_not_cut() {
     bounded(20, async {
         // 12 pieces 50 ms apart: longer than upstream.timeout in all, never silent for long.
-        let up = RawUpstream::start(|_| {
-            let mut steps = vec![Step::Send(head(
+        let up = MockUpstream::raw(|_| {
+            let mut steps = vec![Step::send(raw_head(
                 "200 OK",
                 &[
                     ("content-type", "text/plain"),
@@ -567,13 +305,13 @@ async fn a_slow_but_steady_upstream_body_is_not_cut() {
             ))];
             for i in 0..12 {
                 steps.push(Step::Pause(Duration::from_millis(50)));
-                steps.push(Step::Send(chunk(format!("piece {i}\n").as_bytes())));
+                steps.push(Step::send(raw_chunk(format!("piece {i}\n").as_bytes())));
             }
-            steps.push(Step::Send(b"0\r\n\r\n".to_vec()));
+            steps.push(Step::send(b"0\r\n\r\n".to_vec()));
             steps
         })
         .await;
-        let gw = Gw::start(
+        let gw = start_gateway(
             &up.base_url(),
             Options {
                 upstream_timeout: Duration::from_millis(400),
@@ -592,7 +330,7 @@ async fn a_slow_but_steady_upstream_body_is_not_cut() {
         let expected: String = (0..12).map(|i| format!("piece {i}\n")).collect();
         assert_eq!(String::from_utf8(bytes).unwrap(), expected);
         let rows = gw.stop().await;
-        assert_eq!(row(&rows, "steady").outcome, "complete");
+        assert_eq!(row_of(&rows, "steady").outcome, "complete");
         assert_no_panic();
     })
     .await
@@ -616,9 +354,11 @@ async fn an_upstream_that_answers_garbage_is_502_upstream_unavailable() {
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n".to_vec(),
         ];
         let cases = garbage.len();
-        let up = RawUpstream::start(move |n| vec![Step::Send(garbage[n - 1].clone()), Step::Close])
-            .await;
-        let gw = Gw::start(&up.base_url(), Options::default()).await;
+        let up = MockUpstream::raw(move |req| {
+            vec![Step::send(garbage[req.number - 1].clone()), Step::Close]
+        })
+        .await;
+        let gw = start_gateway(&up.base_url(), Options::default()).await;
         let client = HttpClient::http1();
         for case in 1..=cases {
             let resp = client
@@ -628,10 +368,10 @@ async fn an_upstream_that_answers_garbage_is_502_upstream_unavailable() {
             let body = assert_gateway_error(&resp, 502, "upstream_unavailable");
             assert!(!body.to_string().contains("SSH"), "{body}");
         }
-        assert_eq!(*up.requests.borrow(), cases);
+        assert_eq!(up.count(), cases);
         let rows = gw.stop().await;
         for case in 1..=cases {
-            let row = row(&rows, &format!("garbage-{case}"));
+            let row = row_of(&rows, &format!("garbage-{case}"));
             assert_eq!((row.status, row.outcome.as_str()), (502, "error"));
         }
         assert_no_panic();
@@ -654,7 +394,7 @@ async fn a_non_json_200_passes_through_unchanged_with_its_credits_counted_unknow
             }
         })
         .await;
-        let gw = Gw::start(&mock.base_url(), Options::default()).await;
+        let gw = start_gateway(&mock.base_url(), Options::default()).await;
         let client = HttpClient::http1();
         let html = client.send(get(&gw.url(WHOAMI), "html")).await.unwrap();
         assert_eq!(html.status, 200);
@@ -668,7 +408,7 @@ async fn a_non_json_200_passes_through_unchanged_with_its_credits_counted_unknow
         assert_eq!(broken.text(), NOT_JSON);
         assert_eq!(broken.header("content-type"), Some("application/json"));
 
-        let metrics = gw.gateway.metrics.render();
+        let metrics = gw.metrics();
         let unknown: f64 = metrics
             .lines()
             .filter(|l| l.starts_with("ofapi_gateway_credits_unknown_total{"))
@@ -678,7 +418,7 @@ async fn a_non_json_200_passes_through_unchanged_with_its_credits_counted_unknow
         assert_eq!(unknown, 2.0, "{metrics}");
         let rows = gw.stop().await;
         for id in ["html", "not-json"] {
-            let row = row(&rows, id);
+            let row = row_of(&rows, id);
             assert_eq!(row.status, 200);
             assert_eq!(row.credits_used, None, "unknown, not guessed: {row:?}");
             assert_eq!(row.outcome, "complete");
@@ -691,12 +431,12 @@ async fn a_non_json_200_passes_through_unchanged_with_its_credits_counted_unknow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_upstream_heads_are_502_and_the_gateway_carries_on() {
     bounded(20, async {
-        let up = RawUpstream::start(|n| match n {
+        let up = MockUpstream::raw(|req| match req.number {
             1 => {
                 let big = "b".repeat(200 * 1024);
-                let mut bytes = head("200 OK", &[("x-big", &big), ("content-length", "2")]);
+                let mut bytes = raw_head("200 OK", &[("x-big", &big), ("content-length", "2")]);
                 bytes.extend_from_slice(b"{}");
-                vec![Step::Send(bytes), Step::Close]
+                vec![Step::send(bytes), Step::Close]
             }
             2 => {
                 let names: Vec<(String, String)> = (0..1000)
@@ -707,14 +447,14 @@ async fn oversized_upstream_heads_are_502_and_the_gateway_carries_on() {
                     .map(|(n, v)| (n.as_str(), v.as_str()))
                     .collect();
                 headers.push(("content-length", "2"));
-                let mut bytes = head("200 OK", &headers);
+                let mut bytes = raw_head("200 OK", &headers);
                 bytes.extend_from_slice(b"{}");
-                vec![Step::Send(bytes), Step::Close]
+                vec![Step::send(bytes), Step::Close]
             }
-            _ => vec![Step::Send(fixture_response())],
+            _ => vec![Step::send(raw_fixture())],
         })
         .await;
-        let gw = Gw::start(&up.base_url(), Options::default()).await;
+        let gw = start_gateway(&up.base_url(), Options::default()).await;
         let client = HttpClient::http1();
         for id in ["one-200k-header", "a-thousand-headers"] {
             let resp = client.send(get(&gw.url(WHOAMI), id)).await.unwrap();
@@ -725,9 +465,9 @@ async fn oversized_upstream_heads_are_502_and_the_gateway_carries_on() {
         assert_eq!(resp.status, 200);
         assert_eq!(resp.text(), FIXTURE);
         let rows = gw.stop().await;
-        assert_eq!(row(&rows, "one-200k-header").status, 502);
-        assert_eq!(row(&rows, "a-thousand-headers").status, 502);
-        assert_eq!(row(&rows, "normal").credits_used, Some(1));
+        assert_eq!(row_of(&rows, "one-200k-header").status, 502);
+        assert_eq!(row_of(&rows, "a-thousand-headers").status, 502);
+        assert_eq!(row_of(&rows, "normal").credits_used, Some(1));
         assert_no_panic();
     })
     .await
@@ -740,9 +480,9 @@ async fn oversized_upstream_heads_are_502_and_the_gateway_carries_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_goes_down_is_502_and_is_used_again_when_it_comes_back() {
     bounded(20, async {
-        let up = RawUpstream::start(|_| vec![Step::Send(fixture_response())]).await;
+        let up = MockUpstream::raw(|_| vec![Step::send(raw_fixture())]).await;
         let addr = up.addr;
-        let gw = Gw::start(&up.base_url(), Options::default()).await;
+        let gw = start_gateway(&up.base_url(), Options::default()).await;
         let client = HttpClient::http1();
         let resp = client.send(get(&gw.url(WHOAMI), "before")).await.unwrap();
         assert_eq!(resp.status, 200);
@@ -755,15 +495,15 @@ async fn an_upstream_that_goes_down_is_502_and_is_used_again_when_it_comes_back(
         }
 
         // Back on the same port: the next request goes through, no restart needed.
-        let up = RawUpstream::start_on(addr, |_| vec![Step::Send(fixture_response())]).await;
+        let up = MockUpstream::raw_on(addr, |_| vec![Step::send(raw_fixture())]).await;
         let resp = client.send(get(&gw.url(WHOAMI), "after")).await.unwrap();
         assert_eq!(resp.status, 200, "{}", resp.text());
         assert_eq!(resp.text(), FIXTURE);
-        assert_eq!(*up.requests.borrow(), 1);
+        assert_eq!(up.count(), 1);
         let rows = gw.stop().await;
-        assert_eq!(row(&rows, "before").outcome, "complete");
-        assert_eq!(row(&rows, "down-1").status, 502);
-        assert_eq!(row(&rows, "after").credits_used, Some(1));
+        assert_eq!(row_of(&rows, "before").outcome, "complete");
+        assert_eq!(row_of(&rows, "down-1").status, 502);
+        assert_eq!(row_of(&rows, "after").credits_used, Some(1));
         assert_no_panic();
     })
     .await
@@ -777,8 +517,8 @@ async fn keep_alive_connections_the_upstream_closes_are_not_used_again() {
         // the connection again, or, when the close comes just as it is picked, send the request
         // again on another one (the request never went out). Taking a closed connection with
         // neither check fails this test at the second call.
-        let up = RawUpstream::start(|_| vec![Step::Send(fixture_response()), Step::Close]).await;
-        let gw = Gw::start(&up.base_url(), Options::default()).await;
+        let up = MockUpstream::raw(|_| vec![Step::send(raw_fixture()), Step::Close]).await;
+        let gw = start_gateway(&up.base_url(), Options::default()).await;
         let client = HttpClient::http1();
         for i in 0..20 {
             let resp = client
@@ -789,7 +529,7 @@ async fn keep_alive_connections_the_upstream_closes_are_not_used_again() {
             assert_eq!(resp.text(), FIXTURE);
         }
         // Each request reached the upstream once: none was lost, none sent twice.
-        assert_eq!(*up.requests.borrow(), 20);
+        assert_eq!(up.count(), 20);
         let rows = gw.stop().await;
         assert!(rows
             .iter()
@@ -807,9 +547,9 @@ async fn keep_alive_connections_the_upstream_closes_are_not_used_again() {
 const HEADER_READ_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A gateway with a short `header_read_timeout`, and the mock it forwards to.
-async fn impatient_gateway(max_connections: usize) -> (MockUpstream, Gw) {
+async fn impatient_gateway(max_connections: usize) -> (MockUpstream, TestGateway) {
     let mock = MockUpstream::start(|_| Reply::fixture()).await;
-    let gw = Gw::start(
+    let gw = start_gateway(
         &mock.base_url(),
         Options {
             header_read_timeout: HEADER_READ_TIMEOUT,
@@ -841,7 +581,7 @@ async fn a_slow_loris_client_is_cut_off_at_the_header_read_timeout_while_others_
             "GET /api/whoami HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {ALPHA_KEY}\r\nX-Pad: {}\r\n\r\n",
             "p".repeat(200)
         );
-        let stream = TcpStream::connect(gw.addr()).await.unwrap();
+        let stream = TcpStream::connect(gw.client_addr).await.unwrap();
         let (mut reader, mut writer) = stream.into_split();
         let started = Instant::now();
         // One byte every 50 ms: the head would take over 15 s.
@@ -891,13 +631,13 @@ async fn a_slow_loris_client_is_cut_off_at_the_header_read_timeout_while_others_
 async fn a_connection_that_sends_nothing_is_closed_after_the_header_read_timeout() {
     bounded(20, async {
         let (_mock, gw) = impatient_gateway(10_000).await;
-        let mut silent = TcpStream::connect(gw.addr()).await.unwrap();
+        let mut silent = TcpStream::connect(gw.client_addr).await.unwrap();
         let started = Instant::now();
         let received = read_to_close(&mut silent).await;
         assert_closed_after_the_timeout("silent connection", started.elapsed());
         assert!(received.is_empty());
         // The same for one that sent the first bytes of an HTTP/2 preface and stopped.
-        let mut partial = TcpStream::connect(gw.addr()).await.unwrap();
+        let mut partial = TcpStream::connect(gw.client_addr).await.unwrap();
         partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
         let started = Instant::now();
         read_to_close(&mut partial).await;
@@ -914,7 +654,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout()
         let (_mock, gw) = impatient_gateway(10_000).await;
 
         // HTTP/1.1: one request, then nothing.
-        let mut h1 = TcpStream::connect(gw.addr()).await.unwrap();
+        let mut h1 = TcpStream::connect(gw.client_addr).await.unwrap();
         h1.write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
             .await
             .unwrap();
@@ -926,7 +666,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout()
         assert_closed_after_the_timeout("idle HTTP/1.1 keep-alive", started.elapsed());
 
         // HTTP/2 (prior knowledge): one request, then nothing.
-        let stream = TcpStream::connect(gw.addr()).await.unwrap();
+        let stream = TcpStream::connect(gw.client_addr).await.unwrap();
         let (mut sender, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
                 .await
@@ -963,7 +703,7 @@ async fn a_slow_upload_is_not_closed_as_idle() {
             "PUT {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {ALPHA_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
-        let mut stream = TcpStream::connect(gw.addr()).await.unwrap();
+        let mut stream = TcpStream::connect(gw.client_addr).await.unwrap();
         stream.write_all(head.as_bytes()).await.unwrap();
         for piece in body.as_bytes().chunks(body.len().div_ceil(6)) {
             tokio::time::sleep(HEADER_READ_TIMEOUT / 2).await;
@@ -990,7 +730,7 @@ async fn at_max_connections_a_new_connection_is_closed_at_once_and_service_resum
     bounded(20, async {
         const CAP: usize = 8;
         let mock = MockUpstream::start(|_| Reply::fixture()).await;
-        let gw = Gw::start(
+        let gw = start_gateway(
             &mock.base_url(),
             Options {
                 max_connections: CAP,
@@ -1002,10 +742,10 @@ async fn at_max_connections_a_new_connection_is_closed_at_once_and_service_resum
         .await;
         let mut idle = Vec::new();
         for _ in 0..CAP {
-            idle.push(TcpStream::connect(gw.addr()).await.unwrap());
+            idle.push(TcpStream::connect(gw.client_addr).await.unwrap());
         }
         // Accepted after the first CAP (the backlog is first in, first out): closed at once.
-        let mut over = TcpStream::connect(gw.addr()).await.unwrap();
+        let mut over = TcpStream::connect(gw.client_addr).await.unwrap();
         let started = Instant::now();
         let _ = over
             .write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
@@ -1019,7 +759,7 @@ async fn at_max_connections_a_new_connection_is_closed_at_once_and_service_resum
         assert!(started.elapsed() < Duration::from_secs(5));
         // The admin listener has its own cap: probes still work.
         let health = HttpClient::http1()
-            .get(&format!("http://{}/healthz", gw.gateway.admin_addr), None)
+            .get(&format!("http://{}/healthz", gw.admin_addr), None)
             .await;
         assert_eq!(health.status, 200);
 
@@ -1042,40 +782,6 @@ async fn at_max_connections_a_new_connection_is_closed_at_once_and_service_resum
     .await
 }
 
-/// `VmRSS` of process `pid`, in bytes.
-fn vm_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status");
-    kb * 1024
-}
-
-/// Reads one response with a `Content-Length` off `stream`, leaving the connection open.
-async fn read_one_response(stream: &mut TcpStream) -> String {
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed mid-response");
-        bytes.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length: usize = text[..end]
-                .to_ascii_lowercase()
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .expect("content-length");
-            if bytes.len() >= end + 4 + length {
-                return text;
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_idle_connections_keep_the_real_binarys_memory_bounded() {
     bounded(60, async {
@@ -1084,11 +790,8 @@ async fn thousands_of_idle_connections_keep_the_real_binarys_memory_bounded() {
         const MIB: u64 = 1024 * 1024;
         let mock = MockUpstream::start(|_| Reply::fixture()).await;
         let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("gateway.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"[server]
+        let toml = format!(
+            r#"[server]
 listen = "127.0.0.1:0"
 header_read_timeout = "60s"
 max_connections = 3000
@@ -1106,19 +809,13 @@ path = "{ledger}"
 name = "alpha"
 key_sha256 = "{alpha}"
 "#,
-                upstream = mock.base_url(),
-                ledger = dir.path().join("ledger.sqlite").display(),
-                alpha = sha256_hex(ALPHA_KEY.as_bytes()),
-            ),
-        )
-        .unwrap();
-        let mut cmd = process::command(&config, dir.path());
-        cmd.arg("serve")
-            .env_remove("RUST_LOG")
-            .env("ONLYFANSAPI_API_KEY", UPSTREAM_KEY);
-        let mut served = process::Served::spawn(cmd);
-        let (client_addr, _admin) = served.ready().await;
-        let pid = served.child.id().unwrap();
+            upstream = mock.base_url(),
+            ledger = dir.path().join("ledger.sqlite").display(),
+            alpha = sha256_hex(ALPHA_KEY.as_bytes()),
+        );
+        let served = process::GatewayProcess::start(dir.path(), &toml).await;
+        let client_addr = served.client_addr;
+        let pid = served.process.child.id().unwrap();
         let url = format!("http://{client_addr}{WHOAMI}");
 
         // Warm up (pools, allocator), then measure.
@@ -1126,7 +823,7 @@ key_sha256 = "{alpha}"
             let resp = HttpClient::http1().get(&url, Some(ALPHA_KEY)).await;
             assert_eq!(resp.status, 200);
         }
-        let before = vm_rss(pid);
+        let before = process::rss_of(pid);
 
         // Connections that send nothing.
         let mut idle = Vec::with_capacity(SILENT + KEEP_ALIVE);
@@ -1136,7 +833,7 @@ key_sha256 = "{alpha}"
         // Accepted after all of them: once it is answered, every silent one has its task.
         let resp = HttpClient::http1().get(&url, Some(ALPHA_KEY)).await;
         assert_eq!(resp.status, 200);
-        let silent = vm_rss(pid).saturating_sub(before);
+        let silent = process::rss_of(pid).saturating_sub(before);
 
         // Keep-alive connections left idle after one request.
         for _ in 0..KEEP_ALIVE {
@@ -1145,11 +842,11 @@ key_sha256 = "{alpha}"
                 .write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
                 .await
                 .unwrap();
-            let resp = read_one_response(&mut stream).await;
-            assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+            let resp = read_response(&mut stream).await;
+            assert_eq!(resp.status, 200, "{resp:?}");
             idle.push(stream);
         }
-        let total = vm_rss(pid).saturating_sub(before);
+        let total = process::rss_of(pid).saturating_sub(before);
         assert!(
             silent < 12 * MIB,
             "{SILENT} silent connections: RSS +{} KiB ({} bytes each)",
@@ -1192,7 +889,7 @@ async fn a_client_that_leaves_after_the_call_went_out_still_has_its_credits_reco
             }
         })
         .await;
-        let gw = Gw::start(
+        let gw = start_gateway(
             &mock.base_url(),
             Options {
                 // While the PUT is in flight, nothing else gets in: a way to see it go.
@@ -1207,7 +904,7 @@ async fn a_client_that_leaves_after_the_call_went_out_still_has_its_credits_reco
             tracking_link_path(ACCOUNT),
             body.len()
         );
-        let mut leaving = TcpStream::connect(gw.addr()).await.unwrap();
+        let mut leaving = TcpStream::connect(gw.client_addr).await.unwrap();
         leaving.write_all(put.as_bytes()).await.unwrap();
         mock.wait_for_count(1).await;
         drop(leaving);
@@ -1225,7 +922,7 @@ async fn a_client_that_leaves_after_the_call_went_out_still_has_its_credits_reco
         // Only now does the upstream answer: to nobody, but it charged for the call.
         gate.open();
         let rows = gw.stop().await;
-        let row = row(&rows, "left-early");
+        let row = row_of(&rows, "left-early");
         assert_eq!(row.status, 200, "{row:?}");
         assert_eq!(row.credits_used, Some(1), "{row:?}");
         assert_eq!(row.outcome, "cut", "the client did not get it: {row:?}");

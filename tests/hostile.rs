@@ -27,177 +27,13 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 // ---------------------------------------------------------------------------------------------
-// A raw HTTP/1.1 conversation
+// Checks and setup
 // ---------------------------------------------------------------------------------------------
-
-/// One response read off the socket.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    /// Names lowercased, in order.
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// Everything the server said on one connection, and whether it closed it.
-#[derive(Debug)]
-struct Conversation {
-    answers: Vec<Answer>,
-    /// The server closed (or reset) the connection.
-    closed: bool,
-}
-
-impl Conversation {
-    #[track_caller]
-    fn only_answer(&self) -> &Answer {
-        assert_eq!(
-            self.answers.len(),
-            1,
-            "expected exactly one response: {self:?}"
-        );
-        &self.answers[0]
-    }
-}
-
-/// How long to keep listening once a response has arrived, for a second one or the close.
-const LINGER: Duration = Duration::from_millis(300);
-/// The longest a conversation may take.
-const CONVERSATION_BOUND: Duration = Duration::from_secs(5);
-
-/// Writes `request` (in the background, ignoring a failed write, and without closing the write
-/// side) and reads every response until the server closes, or until [`LINGER`] passes without a
-/// byte once at least one response has arrived.
-async fn converse(addr: SocketAddr, request: &[u8]) -> Conversation {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut reader, mut writer) = stream.into_split();
-    let request = request.to_vec();
-    let write = tokio::spawn(async move {
-        let _ = writer.write_all(&request).await;
-        writer
-    });
-    let conversation = listen(&mut reader).await;
-    write.abort();
-    conversation
-}
-
-async fn listen(reader: &mut (impl AsyncReadExt + Unpin)) -> Conversation {
-    let started = Instant::now();
-    let mut bytes = Vec::new();
-    let mut answers = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let closed = loop {
-        let wait = if answers.is_empty() {
-            CONVERSATION_BOUND.saturating_sub(started.elapsed())
-        } else {
-            LINGER
-        };
-        match tokio::time::timeout(wait, reader.read(&mut buf)).await {
-            Err(_) => break false,
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
-            Ok(Ok(n)) => {
-                bytes.extend_from_slice(&buf[..n]);
-                while let Some((answer, used)) = parse_answer(&bytes, false) {
-                    answers.push(answer);
-                    bytes.drain(..used);
-                }
-            }
-        }
-    };
-    // A body without a length (HTTP/1.0) ends with the connection.
-    if closed {
-        if let Some((answer, used)) = parse_answer(&bytes, true) {
-            answers.push(answer);
-            bytes.drain(..used);
-        }
-    }
-    assert!(
-        bytes.is_empty() || !closed,
-        "the server left an incomplete response: {:?}",
-        String::from_utf8_lossy(&bytes)
-    );
-    Conversation { answers, closed }
-}
-
-/// The first complete response in `bytes` and how many bytes it took; `closed`: the server has
-/// closed the connection after them.
-fn parse_answer(bytes: &[u8], closed: bool) -> Option<(Answer, usize)> {
-    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&bytes[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next()?;
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let find = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
-    let rest = &bytes[head_end + 4..];
-    let (body, used) = if status < 200 || status == 204 || status == 304 {
-        (Vec::new(), 0)
-    } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        dechunk(rest)?
-    } else if let Some(len) = find("content-length") {
-        let len: usize = len.parse().expect("content-length");
-        (rest.get(..len)?.to_vec(), len)
-    } else if closed {
-        (rest.to_vec(), rest.len())
-    } else {
-        return None;
-    };
-    Some((
-        Answer {
-            status,
-            headers,
-            body,
-        },
-        head_end + 4 + used,
-    ))
-}
-
-/// A whole chunked body at the start of `rest`, and its length on the wire.
-fn dechunk(rest: &[u8]) -> Option<(Vec<u8>, usize)> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    loop {
-        let line_end = at + rest[at..].windows(2).position(|w| w == b"\r\n")?;
-        let size_text = String::from_utf8_lossy(&rest[at..line_end]).into_owned();
-        let size = usize::from_str_radix(size_text.trim(), 16).expect("chunk size");
-        at = line_end + 2;
-        if size == 0 {
-            return (rest.len() >= at + 2).then(|| (out, at + 2));
-        }
-        out.extend_from_slice(rest.get(at..at + size)?);
-        at += size + 2;
-    }
-}
 
 /// A refusal by hyper itself, before the gateway's stack: `status`, no body, no request id,
 /// and the connection closed.
@@ -220,7 +56,7 @@ fn assert_hyper_refused(conversation: &Conversation, status: u16, what: &str) {
 
 /// A SPEC §5 JSON error from the gateway's own stack.
 #[track_caller]
-fn assert_json_error(answer: &Answer, status: u16, code: &str, what: &str) {
+fn assert_json_error(answer: &RawResp, status: u16, code: &str, what: &str) {
     assert_eq!(
         answer.status,
         status,
@@ -876,18 +712,6 @@ async fn a_malformed_chunked_body_is_400_not_502() {
 // HTTP/2
 // ---------------------------------------------------------------------------------------------
 
-/// An h2c connection (prior knowledge) with the h2 crate's client.
-async fn h2_connect(
-    addr: SocketAddr,
-) -> (
-    h2::client::SendRequest<Bytes>,
-    tokio::task::JoinHandle<Result<(), h2::Error>>,
-) {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (send, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    (send, tokio::spawn(connection))
-}
-
 fn h2_request(addr: SocketAddr, path: &str, key: Option<&str>) -> http::Request<()> {
     let mut builder = http::Request::builder()
         .method("GET")
@@ -918,7 +742,7 @@ async fn assert_responsive(gw: &TestGateway) {
 async fn h2_rapid_reset_streams_are_cancelled_and_others_are_still_served() {
     bounded(30, async {
         let (mock, gw) = setup().await;
-        let (send, connection) = h2_connect(gw.client_addr).await;
+        let (send, connection) = h2_connect(gw.client_addr, &h2::client::Builder::new()).await;
         let addr = gw.client_addr;
         let started = Instant::now();
         let attack = tokio::spawn(async move {
@@ -967,7 +791,7 @@ async fn h2_rapid_reset_streams_are_cancelled_and_others_are_still_served() {
 async fn h2_oversized_header_lists_are_refused() {
     bounded(20, async {
         let (mock, gw) = setup().await;
-        let (send, connection) = h2_connect(gw.client_addr).await;
+        let (send, connection) = h2_connect(gw.client_addr, &h2::client::Builder::new()).await;
         let mut send = send.ready().await.unwrap();
         let mut req = h2_request(gw.client_addr, "/api/whoami", Some(ALPHA_KEY));
         req.headers_mut()

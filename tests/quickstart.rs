@@ -6,44 +6,24 @@ mod support;
 
 use std::path::Path;
 
-use http_body_util::BodyExt;
-use ofapi_gateway::config;
-use ofapi_gateway::server::Gateway;
 use support::*;
 
 const DEMO_KEY: &str = "ofgw_demo_quickstart_only_never_use_in_production";
 
-async fn start_quickstart() -> Gateway {
-    let mut config = config::load(Path::new("config/quickstart.toml")).expect("quickstart.toml");
-    let any_port = "127.0.0.1:0".parse().unwrap();
-    config.server.listen = any_port;
-    config.admin.listen = any_port;
-    config.sandbox.as_mut().expect("[sandbox]").listen = any_port;
+async fn start_quickstart() -> TestGateway {
+    let gateway = TestGateway::from_file(Path::new("config/quickstart.toml")).await;
     assert_eq!(
-        config.sandbox.as_ref().unwrap().demo_client_key.as_deref(),
+        gateway.demo_client_key().as_deref(),
         Some(DEMO_KEY),
         "the README's curl uses this key"
     );
-    Gateway::start(config).await.expect("start")
+    gateway
 }
 
-async fn put(gateway: &Gateway, key: &str, body: &'static str) -> (u16, serde_json::Value) {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let req = http::Request::put(format!(
-        "http://{}/api/fansly/fansly_acct_demo/tracking-links/100000000000000003",
-        gateway.client_addr
-    ))
-    .header("authorization", format!("Bearer {key}"))
-    .header("content-type", "application/json")
-    .body(http_body_util::Full::new(bytes::Bytes::from_static(
-        body.as_bytes(),
-    )))
-    .unwrap();
-    let resp = client.request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap())
+async fn put(gateway: &TestGateway, key: &str, body: &'static str) -> (u16, serde_json::Value) {
+    let url = gateway.url("/api/fansly/fansly_acct_demo/tracking-links/100000000000000003");
+    let resp = HttpClient::http1().call("PUT", &url, key, body).await;
+    (resp.status.as_u16(), resp.json())
 }
 
 #[tokio::test]

@@ -6,43 +6,24 @@
 
 mod support;
 
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use ofapi_gateway::config::{Client, ClientRegistry};
-use ofapi_gateway::server::Gateway;
 use support::*;
 
 /// A gateway whose `alpha` client may make `alpha_rpm` requests a minute and wait `max_wait`.
-async fn gateway(
-    mock: &MockUpstream,
-    alpha_rpm: u32,
-    max_wait: Duration,
-) -> (Gateway, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = build_config(&mock.base_url(), Options::default(), dir.path());
-    config.rate_limit.requests_per_minute = NonZeroU32::new(1000).unwrap();
-    config.rate_limit.headroom = 0.9;
-    config.rate_limit.max_wait = max_wait;
-    let clients = config
-        .clients
-        .clients
-        .iter()
-        .map(|c| {
-            let mut limited = Client::clone(c);
-            if c.id.as_str() == "alpha" {
-                limited.requests_per_minute = NonZeroU32::new(alpha_rpm);
-            }
-            Arc::new(limited)
-        })
-        .collect();
-    config.clients = ClientRegistry::new(clients);
-    (Gateway::start(config).await.unwrap(), dir)
+async fn gateway(mock: &MockUpstream, alpha_rpm: u32, max_wait: Duration) -> TestGateway {
+    let options = Options {
+        requests_per_minute: 1000,
+        headroom: 0.9,
+        max_wait,
+        alpha_requests_per_minute: Some(alpha_rpm),
+        ..Options::default()
+    };
+    TestGateway::start(&mock.base_url(), options).await
 }
 
-async fn get(client: &HttpClient, gw: &Gateway, key: &str) -> Resp {
+async fn get(client: &HttpClient, gw: &TestGateway, key: &str) -> Resp {
     let url = format!(
         "http://{}/api/fansly/{ACCOUNT}/tracking-links",
         gw.client_addr
@@ -58,7 +39,7 @@ async fn get(client: &HttpClient, gw: &Gateway, key: &str) -> Resp {
 async fn proxied_answers_say_where_the_client_stands() {
     bounded(20, async {
         let mock = MockUpstream::start(|_| with_limits(Reply::fixture(), "5000", "4990")).await;
-        let (gw, _dir) = gateway(&mock, 600, Duration::from_secs(2)).await;
+        let gw = gateway(&mock, 600, Duration::from_secs(2)).await;
         let resp = get(&HttpClient::http1(), &gw, ALPHA_KEY).await;
         assert_eq!(resp.status, 200);
         // The upstream reported 5000 a minute: the budget is 4500, but alpha's own 600 is tighter.
@@ -84,7 +65,7 @@ async fn a_client_over_its_own_limit_gets_429_and_is_not_forwarded_while_others_
     bounded(20, async {
         let mock = MockUpstream::start(|_| Reply::fixture()).await;
         // Burst 1 + 3/20 = 1, then one every 20 s; no waiting.
-        let (gw, _dir) = gateway(&mock, 3, Duration::ZERO).await;
+        let gw = gateway(&mock, 3, Duration::ZERO).await;
         let client = HttpClient::http1();
         assert_eq!(get(&client, &gw, ALPHA_KEY).await.status, 200);
         let refused = get(&client, &gw, ALPHA_KEY).await;
@@ -128,7 +109,7 @@ async fn an_upstream_429_becomes_the_gateways_own_and_pauses_every_client() {
             Reply::json(429, r#"{"error":"Too Many Requests."}"#).header("retry-after", "30")
         })
         .await;
-        let (gw, _dir) = gateway(&mock, 600, Duration::from_secs(1)).await;
+        let gw = gateway(&mock, 600, Duration::from_secs(1)).await;
         let client = HttpClient::http1();
         let first = get(&client, &gw, ALPHA_KEY).await;
         assert_gateway_error(&first, 429, "rate_limited");
@@ -151,7 +132,7 @@ async fn the_limit_is_learned_from_meta_when_the_headers_say_nothing() {
     bounded(20, async {
         // The fixture's `_meta._rate_limits.limit_minute` is 5000; no rate headers at all.
         let mock = MockUpstream::start(|_| Reply::json(200, FIXTURE)).await;
-        let (gw, _dir) = gateway(&mock, 100_000, Duration::from_secs(2)).await;
+        let gw = gateway(&mock, 100_000, Duration::from_secs(2)).await;
         let client = HttpClient::http1();
         let first = get(&client, &gw, ACCOUNTS_KEY).await;
         assert_eq!(first.status, 200);
@@ -190,7 +171,7 @@ async fn calls_right_after_the_upstream_reports_its_old_limit_again_are_not_refu
     bounded(20, async {
         // Reported once: 10 a minute (6.7 s a request); then 5000 again.
         let mock = mock_reporting("10", "5000").await;
-        let (gw, _dir) = gateway(&mock, 100_000, Duration::from_secs(1)).await;
+        let gw = gateway(&mock, 100_000, Duration::from_secs(1)).await;
         let client = HttpClient::http1();
         for call in 0..20 {
             let resp = get(&client, &gw, ACCOUNTS_KEY).await;
@@ -206,7 +187,7 @@ async fn calls_right_after_the_upstream_reports_its_old_limit_again_are_not_refu
 async fn a_429_from_the_upstream_budget_says_nothing_remains_until_its_retry_after() {
     bounded(20, async {
         let mock = mock_reporting("10", "10").await;
-        let (gw, _dir) = gateway(&mock, 100_000, Duration::from_secs(1)).await;
+        let gw = gateway(&mock, 100_000, Duration::from_secs(1)).await;
         let client = HttpClient::http1();
         // 10 a minute: a burst of 2, then one every 6.7 s, past max_wait.
         assert_eq!(get(&client, &gw, ACCOUNTS_KEY).await.status, 200);

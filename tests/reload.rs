@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::process::*;
+use support::process::GatewayProcess;
 use support::*;
 
 /// A config whose clients are `clients` (name, key); TLS files if given.
@@ -45,21 +45,20 @@ fn install(ca: &TestCa, cert: &Path, key: &Path) {
     std::fs::write(key, &ca.key_pem).unwrap();
 }
 
-async fn start(dir: &Path, text: &str) -> (Served, String) {
-    let config = dir.join("gateway.toml");
-    std::fs::write(&config, text).unwrap();
-    let mut cmd = command(&config, dir);
-    cmd.arg("serve").env("ONLYFANSAPI_API_KEY", UPSTREAM_KEY);
-    let mut served = Served::spawn(cmd);
-    let (client, _admin) = served.ready().await;
-    (served, format!("http://{client}"))
+async fn start(dir: &Path, text: &str) -> (GatewayProcess, String) {
+    let served = GatewayProcess::start(dir, text).await;
+    let base = format!("http://{}", served.client_addr);
+    (served, base)
 }
 
 /// Writes the new file, sends SIGHUP and waits for the gateway to say how it went.
-async fn reload(served: &mut Served, dir: &Path, text: &str, expect: &str) -> String {
+async fn reload(served: &mut GatewayProcess, dir: &Path, text: &str, expect: &str) -> String {
     std::fs::write(dir.join("gateway.toml"), text).unwrap();
     served.signal("HUP");
-    served.wait_line(expect, |line| line.contains(expect)).await
+    served
+        .process
+        .wait_line(expect, |line| line.contains(expect))
+        .await
 }
 
 async fn status(client: &HttpClient, base: &str, key: &str) -> u16 {
@@ -133,7 +132,7 @@ async fn clients_and_keys_change_on_sighup_without_a_restart() {
         .await;
         assert!(line.contains("server limits"), "{line}");
         served.signal("TERM");
-        served.child.wait().await.unwrap();
+        served.process.child.wait().await.unwrap();
     })
     .await
 }
@@ -167,7 +166,7 @@ async fn a_request_in_flight_during_a_reload_finishes_normally() {
         assert_eq!(resp.status, 200);
         assert_eq!(resp.text(), FIXTURE);
         served.signal("TERM");
-        assert!(served.child.wait().await.unwrap().success());
+        assert!(served.process.child.wait().await.unwrap().success());
     })
     .await
 }
@@ -209,7 +208,7 @@ async fn sighup_swaps_the_tls_certificate_for_new_connections() {
             .await;
         assert!(refused.is_err(), "the old certificate is no longer served");
         served.signal("TERM");
-        let _ = tokio::time::timeout(Duration::from_secs(15), served.child.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(15), served.process.child.wait()).await;
     })
     .await
 }

@@ -155,7 +155,7 @@ async fn the_running_gateways_config_redacts_the_upstream_key() {
     bounded(20, async {
         let mock = MockUpstream::start(|_| Reply::fixture()).await;
         let gw = TestGateway::start(&mock.base_url(), Options::default()).await;
-        assert_no_secret("Gateway::config()", &format!("{:?}", gw.gateway.config()));
+        assert_no_secret("Gateway::config()", &format!("{:?}", gw.config()));
     })
     .await
 }

@@ -11,16 +11,6 @@ use std::time::{Duration, Instant};
 use support::*;
 use tokio::net::TcpStream;
 
-/// Returns once a new connection to `addr` is refused.
-async fn until_refused(addr: std::net::SocketAddr) {
-    loop {
-        match TcpStream::connect(addr).await {
-            Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => return,
-            _ => tokio::task::yield_now().await,
-        }
-    }
-}
-
 async fn held_gateway(options: Options) -> (MockUpstream, TestGateway, Gate) {
     let gate = Gate::new();
     let held = gate.clone();

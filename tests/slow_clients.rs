@@ -4,10 +4,10 @@
 //! sockets they would otherwise hold forever. The cut call is recorded as `cut` with its
 //! credits. Clients that read slowly but steadily are not cut.
 //!
-//! The upstream here is a raw TCP server that writes large answers as fast as the gateway takes
-//! them and says, for each, whether it was written to the end or its connection was closed under
-//! it. The stalled clients are real sockets with a 4 KiB receive buffer that read nothing (or
-//! HTTP/2 clients that give no window). `send_timeout` is a second or less so the file runs in
+//! The upstream here is the mock upstream's raw mode, writing large answers as fast as the
+//! gateway takes them and saying, for each, whether it was written to the end or its connection
+//! was closed under it. The stalled clients are real sockets with a 4 KiB receive buffer that
+//! read nothing (or HTTP/2 clients that give no window). `send_timeout` is a second or less so the file runs in
 //! seconds; the slow readers are paced with sleeps (pacing, not synchronizing).
 
 // Test helpers outside #[test] functions may panic too.
@@ -16,17 +16,12 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ofapi_gateway::server::Gateway;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::net::{TcpSocket, TcpStream};
 
 // ---------------------------------------------------------------------------------------------
 // An upstream with large answers
@@ -35,140 +30,35 @@ use tokio::task::{JoinHandle, JoinSet};
 /// The credits every large answer costs, in its headers or its `_meta`.
 const CREDITS: u64 = 7;
 
-/// How a large answer's write ended, as the upstream saw it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum BigEnd {
-    /// Every byte was taken.
-    Written,
-    /// The gateway closed the connection under it after this many body bytes.
-    Closed(u64),
-}
-
-/// A raw HTTP/1.1 upstream on 127.0.0.1. `GET /api/big/{kind}?bytes=N` is a JSON 200 of about N
-/// bytes whose credits are in its headers (`headers`), at the start of its `_meta`
-/// (`meta-first`) or at its end (`meta-last`); anything else is the small SPEC fixture.
-struct BigUpstream {
-    addr: SocketAddr,
-    /// Requests read so far.
-    requests: watch::Sender<usize>,
-    /// How each large answer ended, in order.
-    ends: Arc<Mutex<Vec<BigEnd>>>,
-    ended: watch::Sender<usize>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for BigUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl BigUpstream {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let requests = watch::Sender::new(0);
-        let ended = watch::Sender::new(0);
-        let ends = Arc::new(Mutex::new(Vec::new()));
-        let (counter, ends_in, ended_in) = (requests.clone(), ends.clone(), ended.clone());
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                connections.spawn(serve_big(
-                    stream,
-                    counter.clone(),
-                    ends_in.clone(),
-                    ended_in.clone(),
-                ));
-            }
-        });
-        Self {
-            addr,
-            requests,
-            ends,
-            ended,
-            task,
-        }
-    }
-
-    fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn wait_for_requests(&self, n: usize) {
-        let mut rx = self.requests.subscribe();
-        let _ = rx.wait_for(|count| *count >= n).await;
-    }
-
-    /// How the first `n` large answers ended, once they have.
-    async fn ends(&self, n: usize) -> Vec<BigEnd> {
-        let mut rx = self.ended.subscribe();
-        let _ = rx.wait_for(|count| *count >= n).await;
-        self.ends.lock().unwrap().clone()
-    }
-}
-
-async fn serve_big(
-    mut stream: TcpStream,
-    requests: watch::Sender<usize>,
-    ends: Arc<Mutex<Vec<BigEnd>>>,
-    ended: watch::Sender<usize>,
-) {
-    let _ = stream.set_nodelay(true);
-    while let Some(target) = read_request_target(&mut stream).await {
-        requests.send_modify(|count| *count += 1);
-        let Some(rest) = target.strip_prefix("/api/big/") else {
-            if stream.write_all(&fixture_response()).await.is_err() {
-                return;
-            }
-            continue;
+/// A raw-mode mock upstream. `GET /api/big/{kind}?bytes=N` is a JSON 200 of about N bytes whose
+/// credits are in its headers (`headers`), at the start of its `_meta` (`meta-first`) or at its
+/// end (`meta-last`); anything else is the small SPEC fixture. How each large answer's write
+/// ended is [`big_ends`].
+async fn big_upstream() -> MockUpstream {
+    MockUpstream::raw(|req| {
+        let Some(kind) = req.uri.path().strip_prefix("/api/big/") else {
+            return vec![Step::send(raw_fixture())];
         };
-        let (kind, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let bytes: u64 = query
-            .strip_prefix("bytes=")
+        let bytes: u64 = req
+            .uri
+            .query()
+            .and_then(|q| q.strip_prefix("bytes="))
             .and_then(|n| n.parse().ok())
             .unwrap_or(20_000_000);
-        let end = write_big(&mut stream, kind, bytes).await;
-        ends.lock().unwrap().push(end);
-        ended.send_modify(|count| *count += 1);
-        if end != BigEnd::Written {
-            return;
-        }
-    }
+        big_answer(kind, bytes)
+    })
+    .await
 }
 
-/// Reads one request head (GETs only: no body) and returns its target; `None` at the end.
-async fn read_request_target(stream: &mut TcpStream) -> Option<String> {
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !bytes.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => bytes.extend_from_slice(&buf[..n]),
-        }
-    }
-    let head = String::from_utf8_lossy(&bytes);
-    head.split(' ').nth(1).map(str::to_owned)
-}
-
-fn fixture_response() -> Vec<u8> {
-    let mut head = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-        FIXTURE.len()
-    );
-    for (name, value) in FIXTURE_HEADERS {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    let mut bytes = head.into_bytes();
-    bytes.extend_from_slice(FIXTURE.as_bytes());
-    bytes
+/// How the first `n` large answers ended, once they have.
+async fn big_ends(upstream: &MockUpstream, n: usize) -> Vec<AnswerEnd> {
+    upstream.answer_ends("/api/big/", n).await
 }
 
 static FILLER: [u8; 64 * 1024] = [b'x'; 64 * 1024];
 
-/// Writes a JSON 200 of `filler` bytes of string plus its frame, credits as `kind` says.
-async fn write_big(stream: &mut TcpStream, kind: &str, filler: u64) -> BigEnd {
+/// A JSON 200 of `filler` bytes of string plus its frame, credits as `kind` says.
+fn big_answer(kind: &str, filler: u64) -> Vec<Step> {
     let meta = format!(r#""_meta":{{"_credits":{{"used":{CREDITS},"balance":5000}}}}"#);
     let (prefix, suffix, headers) = match kind {
         "meta-first" => (format!(r#"{{{meta},"data":""#), r#""}"#.to_owned(), ""),
@@ -183,93 +73,16 @@ async fn write_big(stream: &mut TcpStream, kind: &str, filler: u64) -> BigEnd {
     let head = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n{headers}\r\n"
     );
-    if stream.write_all(head.as_bytes()).await.is_err() {
-        return BigEnd::Closed(0);
-    }
     let chunk = FILLER.len() as u64;
-    let pieces = std::iter::once(prefix.as_bytes())
-        .chain(std::iter::repeat_n(&FILLER[..], (filler / chunk) as usize))
-        .chain(std::iter::once(&FILLER[..(filler % chunk) as usize]))
-        .chain(std::iter::once(suffix.as_bytes()));
-    let mut sent = 0u64;
-    for piece in pieces {
-        if stream.write_all(piece).await.is_err() {
-            return BigEnd::Closed(sent);
-        }
-        sent += piece.len() as u64;
-    }
-    BigEnd::Written
-}
-
-// ---------------------------------------------------------------------------------------------
-// The gateway and its ledger
-// ---------------------------------------------------------------------------------------------
-
-struct Gw {
-    gateway: Gateway,
-    dir: tempfile::TempDir,
-}
-
-impl Gw {
-    async fn start(upstream: &BigUpstream, options: Options) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let config = build_config(&upstream.base_url(), options, dir.path());
-        let gateway = Gateway::start(config).await.expect("gateway starts");
-        Self { gateway, dir }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.gateway.client_addr
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr())
-    }
-
-    /// Stops gracefully (which writes every row) and returns the ledger.
-    async fn stop(self) -> Vec<Row> {
-        self.gateway.shutdown().await;
-        ledger_rows(&self.dir.path().join("ledger.sqlite"))
-    }
-}
-
-#[derive(Debug)]
-struct Row {
-    request_id: String,
-    status: u16,
-    credits_used: Option<u64>,
-    outcome: String,
-}
-
-fn ledger_rows(path: &Path) -> Vec<Row> {
-    let conn =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    let mut stmt = conn
-        .prepare("SELECT request_id, status, credits_used, outcome FROM requests ORDER BY id")
-        .unwrap();
-    stmt.query_map([], |r| {
-        Ok(Row {
-            request_id: r.get(0)?,
-            status: r.get(1)?,
-            credits_used: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
-            outcome: r.get(3)?,
-        })
-    })
-    .unwrap()
-    .collect::<Result<Vec<_>, _>>()
-    .unwrap()
-}
-
-#[track_caller]
-fn row<'a>(rows: &'a [Row], id: &str) -> &'a Row {
-    let found: Vec<&Row> = rows.iter().filter(|r| r.request_id == id).collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "rows for {id}: {found:?}\nall rows: {rows:?}"
+    let filler = std::iter::repeat_n(Bytes::from_static(&FILLER), (filler / chunk) as usize).chain(
+        std::iter::once(Bytes::from_static(&FILLER[..(filler % chunk) as usize])),
     );
-    found[0]
+    std::iter::once(Bytes::from(head))
+        .chain(std::iter::once(Bytes::from(prefix)))
+        .chain(filler)
+        .chain(std::iter::once(Bytes::from(suffix)))
+        .map(Step::Send)
+        .collect()
 }
 
 /// `send_timeout` for the tests that wait for a cut.
@@ -302,7 +115,7 @@ async fn small_window_client(addr: SocketAddr, path: &str, id: &str) -> TcpStrea
 
 /// Sends a small call every 20 ms until one gets its 200 (the others get 503 while the only
 /// concurrency slot is held); returns when that was.
-async fn when_the_slot_is_free(gw: &Gw) -> Instant {
+async fn when_the_slot_is_free(gw: &TestGateway) -> Instant {
     let client = HttpClient::http1();
     loop {
         let resp = client.get(&gw.url("/api/small"), Some(ALPHA_KEY)).await;
@@ -328,49 +141,6 @@ fn send_queue(local_port: u16, remote_port: u16) -> Option<u64> {
         let (tx_queue, _rx_queue) = fields.get(4)?.split_once(':')?;
         u64::from_str_radix(tx_queue, 16).ok()
     })
-}
-
-/// Reads what the socket still holds until the gateway closes it; returns how many bytes.
-async fn read_to_close(stream: &mut TcpStream) -> usize {
-    let mut total = 0;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return total,
-            Ok(n) => total += n,
-        }
-    }
-}
-
-/// The length of a chunked body (which must be whole).
-fn dechunk(mut rest: &[u8]) -> usize {
-    let mut total = 0;
-    loop {
-        let line_end = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("a chunk size");
-        let size = std::str::from_utf8(&rest[..line_end]).unwrap();
-        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            return total;
-        }
-        total += size;
-        rest = &rest[line_end + 2 + size + 2..];
-    }
-}
-
-/// An HTTP/2 (prior knowledge) connection from the `h2` crate, whose windows the test controls.
-async fn h2_client(
-    addr: SocketAddr,
-    builder: &h2::client::Builder,
-) -> (
-    h2::client::SendRequest<Bytes>,
-    JoinHandle<Result<(), h2::Error>>,
-) {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (send, connection) = builder.handshake(tcp).await.expect("h2 handshake");
-    (send, tokio::spawn(connection))
 }
 
 /// Sends `GET path` as the alpha client with request id `id` and waits for the response head.
@@ -404,18 +174,18 @@ async fn h2_get(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_reads_nothing_is_cut_after_the_send_timeout_and_frees_what_it_held() {
     bounded(30, async {
-        let upstream = BigUpstream::start().await;
-        let gw = Gw::start(&upstream, options(SEND_TIMEOUT, 1)).await;
-        let mut stalled = small_window_client(gw.addr(), "/api/big/headers", "stalled").await;
+        let upstream = big_upstream().await;
+        let gw = TestGateway::start(&upstream.base_url(), options(SEND_TIMEOUT, 1)).await;
+        let mut stalled = small_window_client(gw.client_addr, "/api/big/headers", "stalled").await;
         let client_port = stalled.local_addr().unwrap().port();
-        upstream.wait_for_requests(1).await;
+        upstream.wait_for_count(1).await;
         let asked = Instant::now();
 
         // Until the slot is free, the gateway's send queue to the client, as the kernel says.
         let client = HttpClient::http1();
         let mut most_queued = 0;
         let freed = loop {
-            if let Some(queued) = send_queue(gw.addr().port(), client_port) {
+            if let Some(queued) = send_queue(gw.client_addr.port(), client_port) {
                 most_queued = most_queued.max(queued);
             }
             let resp = client.get(&gw.url("/api/small"), Some(ALPHA_KEY)).await;
@@ -437,16 +207,16 @@ async fn a_client_that_reads_nothing_is_cut_after_the_send_timeout_and_frees_wha
         // What was in its own socket buffer, and not the megabytes a kernel send buffer can
         // hold: the gateway queued little unsent, and reset the connection rather than leave
         // the kernel delivering the rest after the close.
-        let got = read_to_close(&mut stalled).await;
+        let got = read_to_close(&mut stalled).await.len();
         assert!(got < 1_000_000, "the client got {got} bytes after the cut");
-        let ends = upstream.ends(1).await;
+        let ends = big_ends(&upstream, 1).await;
         assert!(
-            matches!(ends[..], [BigEnd::Closed(sent)] if sent < 20_000_000),
+            matches!(ends[..], [AnswerEnd::Closed(sent)] if sent < 20_000_000),
             "the upstream connection was not closed mid-answer: {ends:?}"
         );
 
         let rows = gw.stop().await;
-        let row = row(&rows, "stalled");
+        let row = row_of(&rows, "stalled");
         assert_eq!(
             (row.status, row.outcome.as_str(), row.credits_used),
             (200, "cut", Some(CREDITS)),
@@ -462,28 +232,32 @@ async fn a_client_that_reads_nothing_is_cut_after_the_send_timeout_and_frees_wha
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_response_keeps_its_credits_from_its_headers_or_its_meta_before_or_after_the_cut() {
     bounded(60, async {
-        let upstream = BigUpstream::start().await;
-        let gw = Gw::start(&upstream, options(SEND_TIMEOUT, 1)).await;
+        let upstream = big_upstream().await;
+        let gw = TestGateway::start(&upstream.base_url(), options(SEND_TIMEOUT, 1)).await;
         let kinds = ["headers", "meta-first", "meta-last"];
         let mut sockets = Vec::new();
         for (n, kind) in kinds.iter().enumerate() {
             // 8 MB: what is left after the cut stays within what the gateway reads for `_meta`.
             let path = format!("/api/big/{kind}?bytes=8000000");
-            sockets.push(small_window_client(gw.addr(), &path, kind).await);
-            upstream.wait_for_requests(2 * n + 1).await;
+            sockets.push(small_window_client(gw.client_addr, &path, kind).await);
+            upstream.wait_for_count(2 * n + 1).await;
             when_the_slot_is_free(&gw).await;
         }
-        let ends = upstream.ends(3).await;
+        let ends = big_ends(&upstream, 3).await;
         assert!(
             matches!(
                 ends[..],
-                [BigEnd::Closed(_), BigEnd::Closed(_), BigEnd::Written]
+                [
+                    AnswerEnd::Closed(_),
+                    AnswerEnd::Closed(_),
+                    AnswerEnd::Written
+                ]
             ),
             "only the answer whose credits were still unknown is read to its end: {ends:?}"
         );
         let rows = gw.stop().await;
         for kind in kinds {
-            let row = row(&rows, kind);
+            let row = row_of(&rows, kind);
             assert_eq!(
                 (row.status, row.outcome.as_str(), row.credits_used),
                 (200, "cut", Some(CREDITS)),
@@ -500,12 +274,12 @@ async fn a_cut_response_keeps_its_credits_from_its_headers_or_its_meta_before_or
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_stream_whose_window_stays_shut_is_cut_after_the_send_timeout() {
     bounded(30, async {
-        let upstream = BigUpstream::start().await;
-        let gw = Gw::start(&upstream, options(SEND_TIMEOUT, 1)).await;
+        let upstream = big_upstream().await;
+        let gw = TestGateway::start(&upstream.base_url(), options(SEND_TIMEOUT, 1)).await;
         let mut builder = h2::client::Builder::new();
         builder.initial_window_size(0);
-        let (mut send, connection) = h2_client(gw.addr(), &builder).await;
-        let _body = h2_get(&mut send, gw.addr(), "/api/big/headers", "shut").await;
+        let (mut send, connection) = h2_connect(gw.client_addr, &builder).await;
+        let _body = h2_get(&mut send, gw.client_addr, "/api/big/headers", "shut").await;
         let asked = Instant::now();
 
         let freed = when_the_slot_is_free(&gw).await;
@@ -516,10 +290,10 @@ async fn an_http2_stream_whose_window_stays_shut_is_cut_after_the_send_timeout()
         );
         // The connection is gone (the h2 client sees it end).
         let _ = connection.await.unwrap();
-        let ends = upstream.ends(1).await;
-        assert!(matches!(ends[..], [BigEnd::Closed(_)]), "{ends:?}");
+        let ends = big_ends(&upstream, 1).await;
+        assert!(matches!(ends[..], [AnswerEnd::Closed(_)]), "{ends:?}");
         let rows = gw.stop().await;
-        let row = row(&rows, "shut");
+        let row = row_of(&rows, "shut");
         assert_eq!(
             (row.status, row.outcome.as_str(), row.credits_used),
             (200, "cut", Some(CREDITS)),
@@ -536,14 +310,14 @@ async fn an_http2_stream_whose_window_stays_shut_is_cut_after_the_send_timeout()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_stream_left_without_window_is_cut_while_another_on_its_connection_is_read() {
     bounded(30, async {
-        let upstream = BigUpstream::start().await;
-        let gw = Gw::start(&upstream, options(SEND_TIMEOUT, 4)).await;
+        let upstream = big_upstream().await;
+        let gw = TestGateway::start(&upstream.base_url(), options(SEND_TIMEOUT, 4)).await;
         let mut builder = h2::client::Builder::new();
         // Room on the connection for the read stream while the stalled one holds its 64 KiB.
         builder.initial_connection_window_size(32 << 20);
-        let (mut send, connection) = h2_client(gw.addr(), &builder).await;
-        let _stalled = h2_get(&mut send, gw.addr(), "/api/big/headers", "unread").await;
-        let mut read = h2_get(&mut send, gw.addr(), "/api/big/headers", "read").await;
+        let (mut send, connection) = h2_connect(gw.client_addr, &builder).await;
+        let _stalled = h2_get(&mut send, gw.client_addr, "/api/big/headers", "unread").await;
+        let mut read = h2_get(&mut send, gw.client_addr, "/api/big/headers", "read").await;
         let asked = Instant::now();
 
         // About 1.6 MB/s: 20 MB would take 12 s.
@@ -567,14 +341,14 @@ async fn an_http2_stream_left_without_window_is_cut_while_another_on_its_connect
             "the read stream got {got} bytes, {got_after_timeout} after the send timeout"
         );
         let _ = connection.await.unwrap();
-        let ends = upstream.ends(2).await;
+        let ends = big_ends(&upstream, 2).await;
         assert!(
-            matches!(ends[..], [BigEnd::Closed(_), BigEnd::Closed(_)]),
+            matches!(ends[..], [AnswerEnd::Closed(_), AnswerEnd::Closed(_)]),
             "{ends:?}"
         );
         let rows = gw.stop().await;
         for id in ["unread", "read"] {
-            let row = row(&rows, id);
+            let row = row_of(&rows, id);
             assert_eq!(
                 (row.status, row.outcome.as_str()),
                 (200, "cut"),
@@ -597,11 +371,11 @@ async fn an_http2_stream_left_without_window_is_cut_while_another_on_its_connect
 async fn a_slow_but_steady_http1_reader_is_not_cut() {
     bounded(30, async {
         let send_timeout = SEND_TIMEOUT;
-        let upstream = BigUpstream::start().await;
-        let gw = Gw::start(&upstream, options(send_timeout, 4)).await;
+        let upstream = big_upstream().await;
+        let gw = TestGateway::start(&upstream.base_url(), options(send_timeout, 4)).await;
         let bytes = 192 * 1024;
         let path = format!("/api/big/headers?bytes={bytes}");
-        let mut stream = small_window_client(gw.addr(), &path, "steady").await;
+        let mut stream = small_window_client(gw.client_addr, &path, "steady").await;
         let started = Instant::now();
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
@@ -624,18 +398,14 @@ async fn a_slow_but_steady_http1_reader_is_not_cut() {
             "cut after {took:?}, with {} bytes",
             got.len()
         );
-        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        assert_eq!(
-            dechunk(&got[head_end..]),
-            bytes + 11,
-            "the whole body arrived"
-        );
+        let (response, _) = parse_response(&got, false).expect("a whole response");
+        assert_eq!(response.body.len(), bytes + 11, "the whole body arrived");
         assert!(
             took > 3 * send_timeout,
             "not slow enough to mean anything: {took:?}"
         );
         let rows = gw.stop().await;
-        assert_eq!(row(&rows, "steady").outcome, "complete");
+        assert_eq!(row_of(&rows, "steady").outcome, "complete");
     })
     .await
 }
@@ -647,14 +417,14 @@ async fn a_slow_but_steady_http1_reader_is_not_cut() {
 async fn a_slow_but_steady_http2_reader_is_not_cut() {
     bounded(30, async {
         let send_timeout = SEND_TIMEOUT;
-        let upstream = BigUpstream::start().await;
-        let gw = Gw::start(&upstream, options(send_timeout, 4)).await;
+        let upstream = big_upstream().await;
+        let gw = TestGateway::start(&upstream.base_url(), options(send_timeout, 4)).await;
         let mut builder = h2::client::Builder::new();
         builder.initial_window_size(16 * 1024);
-        let (mut send, _connection) = h2_client(gw.addr(), &builder).await;
+        let (mut send, _connection) = h2_connect(gw.client_addr, &builder).await;
         let bytes = 128 * 1024;
         let path = format!("/api/big/headers?bytes={bytes}");
-        let mut body = h2_get(&mut send, gw.addr(), &path, "steady-h2").await;
+        let mut body = h2_get(&mut send, gw.client_addr, &path, "steady-h2").await;
         let started = Instant::now();
         let mut got = 0usize;
         while let Some(data) = body.data().await {
@@ -671,7 +441,7 @@ async fn a_slow_but_steady_http2_reader_is_not_cut() {
             "not slow enough to mean anything: {took:?}"
         );
         let rows = gw.stop().await;
-        assert_eq!(row(&rows, "steady-h2").outcome, "complete");
+        assert_eq!(row_of(&rows, "steady-h2").outcome, "complete");
     })
     .await
 }

@@ -7,21 +7,11 @@
 mod support;
 
 use http_body_util::BodyExt;
+use support::process;
 use support::*;
 
 /// The tests here measure this process's memory; they must not overlap.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Resident set size of this process, in bytes (Linux).
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
-    let resident_pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .expect("resident pages");
-    resident_pages * 4096
-}
 
 const MB: u64 = 1024 * 1024;
 
@@ -37,7 +27,7 @@ async fn a_large_upstream_response_streams_through_without_being_buffered() {
         // Warm up the pools and allocator so the baseline includes them.
         let resp = client.get(&gw.url("/api/whoami"), Some(ALPHA_KEY)).await;
         assert_eq!(resp.status, 200);
-        let baseline = rss_bytes();
+        let baseline = process::own_rss();
 
         let req = request(
             "GET",
@@ -59,11 +49,11 @@ async fn a_large_upstream_response_streams_through_without_being_buffered() {
                 received += data.len() as u64;
             }
             if received >= next_sample {
-                peak = peak.max(rss_bytes());
+                peak = peak.max(process::own_rss());
                 next_sample += MB;
             }
         }
-        peak = peak.max(rss_bytes());
+        peak = peak.max(process::own_rss());
         assert_eq!(received, total);
         let growth = peak.saturating_sub(baseline);
         assert!(

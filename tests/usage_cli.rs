@@ -7,14 +7,11 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
-use ofapi_gateway::config::LedgerConfig;
-use ofapi_gateway::ledger::{Ledger, LedgerRow, Outcome};
-use support::bounded;
+use support::ledger::{ledger_row, now_ms, seed_ledger, LedgerRow};
+use support::{bounded, process};
 use tokio::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ofapi-gateway");
 
 const PUT_LINK: &str = "PUT /api/fansly/{account}/tracking-links/{id}";
 const LIST_LINKS: &str = "GET /api/fansly/{account}/tracking-links";
@@ -31,19 +28,13 @@ const DAY: i64 = 24 * HOUR;
 /// 2025-12-31T12:00:00Z: before `--since 2026-01-01`.
 const DEC_31_2025: i64 = 1_767_182_400_000;
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 /// The UTC day of `ms`, `YYYY-MM-DD`.
 fn day_of(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms as u64);
     humantime::format_rfc3339_seconds(t).to_string()[..10].to_owned()
 }
 
+/// A call `client` made of `route` at `ts_ms`.
 fn row(
     ts_ms: i64,
     client: &str,
@@ -52,20 +43,8 @@ fn row(
     credits: Option<u64>,
     status: u16,
 ) -> LedgerRow {
-    LedgerRow {
-        ts_ms,
-        request_id: format!("req-{ts_ms}"),
-        client: client.into(),
-        method: route.split(' ').next().unwrap().into(),
-        route: route.into(),
-        account: account.map(Into::into),
-        status,
-        credits_used: credits,
-        balance: Some(50_000),
-        cached: Some(false),
-        duration_ms: 25,
-        outcome: Outcome::Complete,
-    }
+    let id = format!("req-{ts_ms}");
+    ledger_row(ts_ms, &id, client, route, account, credits, status)
 }
 
 /// A folder with a full `gateway.toml` (whose secrets are in unset env vars) and a ledger holding:
@@ -86,12 +65,7 @@ async fn fixture() -> Fixture {
     std::fs::write(&config, toml(&ledger)).unwrap();
 
     let now = now_ms();
-    let handle = Ledger::open(&LedgerConfig {
-        path: ledger.clone(),
-        retention: Duration::from_secs(3650 * 86_400),
-    })
-    .unwrap();
-    for r in [
+    let rows = [
         row(
             now - HOUR,
             "crm-app",
@@ -133,10 +107,8 @@ async fn fixture() -> Fixture {
             Some(1000),
             200,
         ),
-    ] {
-        handle.record(r);
-    }
-    handle.close().await.unwrap();
+    ];
+    seed_ledger(&ledger, rows).await;
     Fixture {
         dir,
         config,
@@ -175,15 +147,11 @@ key_sha256 = "{}"
 async fn usage(config: &Path, args: &[&str]) -> Output {
     bounded(
         30,
-        Command::new(BIN)
-            .arg("--config")
-            .arg(config)
+        process::command(config, config.parent().unwrap())
             .arg("usage")
             .args(args)
             .env_remove(KEY_VAR)
             .env_remove(TOKEN_VAR)
-            .env_remove("ONLYFANSAPI_API_KEY")
-            .env_remove("OFAPI_GATEWAY_CONFIG")
             .output(),
     )
     .await
@@ -399,9 +367,14 @@ async fn usage_with_an_unreadable_config_exits_1_naming_it() {
 
 #[tokio::test]
 async fn usage_help_explains_the_options() {
-    let out = bounded(10, Command::new(BIN).args(["usage", "--help"]).output())
-        .await
-        .unwrap();
+    let out = bounded(
+        10,
+        Command::new(process::BIN)
+            .args(["usage", "--help"])
+            .output(),
+    )
+    .await
+    .unwrap();
     let help = ok_stdout(&out);
     for word in [
         "--since",

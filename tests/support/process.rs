@@ -1,7 +1,8 @@
 //! Running the real binary: a `serve` child whose output lines are collected and waited for
-//! (readiness and reload lines instead of sleeps), and signals sent to it.
+//! (readiness and reload lines instead of sleeps), signals sent to it, and its memory.
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,6 +10,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
+
+use super::gateway::UPSTREAM_KEY;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ofapi-gateway");
 
@@ -129,4 +132,79 @@ impl Served {
         let addr = |field: &str| json[field].as_str().expect(field).parse().expect(field);
         (addr("client"), addr("admin"))
     }
+}
+
+/// The binary serving a config file the test wrote, with [`UPSTREAM_KEY`] in its environment,
+/// ready: the usual way to run the gateway as a process.
+pub struct GatewayProcess {
+    pub process: Served,
+    /// `dir/gateway.toml`.
+    pub config: PathBuf,
+    pub client_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+}
+
+impl GatewayProcess {
+    /// Writes `toml` as `dir/gateway.toml` and runs `serve` on it in `dir` (logging at its
+    /// default level, whatever `RUST_LOG` says); returns once it is ready.
+    pub async fn start(dir: &Path, toml: &str) -> Self {
+        let config = dir.join("gateway.toml");
+        std::fs::write(&config, toml).expect("write gateway.toml");
+        let mut cmd = command(&config, dir);
+        cmd.arg("serve")
+            .env_remove("RUST_LOG")
+            .env("ONLYFANSAPI_API_KEY", UPSTREAM_KEY);
+        let mut process = Served::spawn(cmd);
+        let (client_addr, admin_addr) = process.ready().await;
+        Self {
+            process,
+            config,
+            client_addr,
+            admin_addr,
+        }
+    }
+
+    /// The client listener's URL for `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.client_addr)
+    }
+
+    /// The admin listener's URL for `path`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr)
+    }
+
+    /// Sends `signal` (`HUP`, `TERM`, `KILL`, ...).
+    pub fn signal(&self, signal: &str) {
+        self.process.signal(signal);
+    }
+
+    /// Waits for the process to exit; its status and every output line.
+    pub async fn finish(self) -> (std::process::ExitStatus, Vec<String>) {
+        self.process.finish().await
+    }
+
+    /// SIGTERM, then the exit status (asserted success) and every output line.
+    pub async fn stop(self) -> Vec<String> {
+        self.signal("TERM");
+        let (status, lines) = self.finish().await;
+        assert!(status.success(), "exit {status:?}:\n{}", lines.join("\n"));
+        lines
+    }
+}
+
+/// The resident set size of process `pid` (`VmRSS`), in bytes.
+pub fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kb * 1024
+}
+
+/// The resident set size of this process (the tests and their in-process gateway), in bytes.
+pub fn own_rss() -> u64 {
+    rss_of(std::process::id())
 }
