@@ -12,8 +12,11 @@
 //! - [`config`]: the TOML file, validated once into a typed `Config`; secrets as newtypes.
 //! - [`server`]: listeners, TLS, the accept loop, graceful shutdown, reload.
 //! - [`stack`]: the order of the layers, and why.
-//! - [`layers`]: one concern per file (request id, rescue, route, authenticate, authorize, body
-//!   limit, validate, rate limit, upstream auth).
+//! - [`call`]: one call's context, filled in by the layers and recorded once when it is over.
+//! - [`record`]: where every call's record goes: limiter feedback, budget settlement, metrics,
+//!   ledger, access log, balance watch.
+//! - [`layers`]: one concern per file (request id, record, rescue, route, authenticate, authorize,
+//!   body limit, validate, rate limit, upstream auth, meter).
 //! - [`limiter`]: the shared upstream budget, per-client limits and the fair queue.
 //! - [`log_format`]: the JSON log line, written by hand.
 //! - [`log_output`]: log lines to stdout in batches, off the request path.
