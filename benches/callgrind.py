@@ -90,7 +90,8 @@ def drive(port, requests, deadline):
     lock = threading.Lock()
 
     def connection(index):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=max(1.0, deadline - time.monotonic()))
+        timeout = max(1.0, deadline - time.monotonic())
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
         try:
             for _ in range(shares[index]):
                 if errors or time.monotonic() > deadline:
@@ -195,7 +196,8 @@ def measure(target, requests, tmp, name, upstream_port, fixture):
     started = time.monotonic()
     deadline = started + TIMEOUT
     process, port, directory = start(target, tmp, name, upstream_port)
-    Target(name, LABELS[target], port, f"Bearer {CLIENT_KEY}", process, [process.pid]).check(fixture)
+    auth = f"Bearer {CLIENT_KEY}"
+    Target(name, LABELS[target], port, auth, process, [process.pid]).check(fixture)
     drive(port, requests, deadline)
     code = stop(process, grace=max(10.0, deadline - time.monotonic()))
     # The gateway drains and exits 0; the floor has no signal handler and dies of the SIGTERM.
@@ -288,7 +290,8 @@ def main():
     if {"on", "off"} & set(TARGETS) and not os.access(GATEWAY, os.X_OK):
         raise BenchError(f"{GATEWAY} is missing: cargo build --release --locked")
     if "floor" in TARGETS and not os.access(FLOOR, os.X_OK):
-        raise BenchError(f"{FLOOR} is missing: cargo build --release --locked --example hyper_floor")
+        raise BenchError(f"{FLOOR} is missing: "
+                         "cargo build --release --locked --example hyper_floor")
 
     with open(FIXTURE) as f:
         fixture = json.load(f)

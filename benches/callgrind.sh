@@ -4,7 +4,7 @@
 # benches/callgrind.py, which starts a static upstream and each target under valgrind on
 # 127.0.0.1, drives keyed PUTs from Python, and prints (and writes as Markdown to RESULTS,
 # default target/callgrind-results.md) the instructions per request.
-#   bash benches/callgrind.sh                       # one round, about 2 minutes
+#   bash benches/callgrind.sh                       # one round, under a minute once built
 #   ROUNDS=3 bash benches/callgrind.sh              # medians of 3 rounds
 #   TARGETS="on off" RESULTS=/tmp/cg.md bash benches/callgrind.sh
 # Honours CARGO_TARGET_DIR. Python 3 standard library only. Stops only the processes it started.
